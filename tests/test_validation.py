@@ -1,0 +1,103 @@
+"""Every bad input raises a TypeError or ValueError that says what was received and expected."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from couplings import PointCloud, sinkhorn, sinkhorn_divergence
+
+C = torch.rand(4, 5, dtype=torch.float64)
+A = torch.full((4,), 0.25, dtype=torch.float64)
+B = torch.full((5,), 0.2, dtype=torch.float64)
+
+
+def _nan_at(t, idx):
+    t = t.clone()
+    t[idx] = math.nan
+    return t
+
+
+CASES = [
+    # (description, kwargs, exception, message fragment)
+    ("a of the wrong length", dict(a=torch.full((3,), 1 / 3, dtype=torch.float64)), ValueError,
+     r"a must have shape \(4,\)"),
+    ("b of the wrong length", dict(b=torch.full((4,), 0.25, dtype=torch.float64)), ValueError,
+     r"b must have shape \(5,\)"),
+    ("cost of one dimension", dict(cost=torch.rand(5, dtype=torch.float64)), ValueError,
+     r"shape \(n, m\) or \(B, n, m\)"),
+    ("negative weight", dict(a=torch.tensor([0.5, 0.5, 0.25, -0.25], dtype=torch.float64)),
+     ValueError, "non-negative"),
+    ("nan weight", dict(a=_nan_at(A, 0)), ValueError, "must be finite"),
+    ("inf weight", dict(b=torch.tensor([math.inf, 0, 0, 0, 0], dtype=torch.float64)), ValueError,
+     "must be finite"),
+    ("all-zero weights", dict(a=torch.zeros(4, dtype=torch.float64)), ValueError,
+     "positive total mass"),
+    ("unequal masses", dict(a=A * 2), ValueError, "equal total mass"),
+    ("nan cost", dict(cost=_nan_at(C, (0, 0))), ValueError, "cost must be finite"),
+    ("inf cost", dict(cost=C.clone().fill_(math.inf)), ValueError, "cost must be finite"),
+    ("zero eps", dict(eps=0.0), ValueError, "eps must be a finite number > 0"),
+    ("negative eps", dict(eps=-1.0), ValueError, "eps must be a finite number > 0"),
+    ("nan eps", dict(eps=math.nan), ValueError, "eps must be a finite number > 0"),
+    ("string eps", dict(eps="0.1"), TypeError, "eps must be a positive real"),
+    ("float32 weights with float64 cost", dict(a=A.float()), TypeError, "dtype"),
+    ("integer cost", dict(cost=torch.ones(4, 5, dtype=torch.long)), TypeError, "floating dtype"),
+    ("list cost", dict(cost=[[0.0, 1.0]]), TypeError, "torch.Tensor"),
+    ("zero tol", dict(tol=0.0), ValueError, "tol"),
+    ("float max_iter", dict(max_iter=10.5), TypeError, "max_iter"),
+    ("scaling of 1", dict(scaling=1.0), ValueError, "scaling"),
+    ("unknown grad mode", dict(grad="autodiff"), ValueError, "grad must be one of"),
+    ("batched weights for an unbatched cost", dict(a=A.expand(2, 4)), ValueError, "a must have"),
+]
+
+
+@pytest.mark.parametrize("desc, kwargs, exc, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises(desc, kwargs, exc, match):
+    args = dict(cost=C, a=A, b=B, eps=0.1)
+    args.update(kwargs)
+    cost = args.pop("cost")
+    with pytest.raises(exc, match=match):
+        sinkhorn(cost, **args)
+
+
+def test_mixed_devices_are_checked_without_cuda():
+    meta = torch.full((4,), 0.25, dtype=torch.float64, device="meta")
+    with pytest.raises(ValueError, match="device"):
+        sinkhorn(C, meta, B, eps=0.1)
+
+
+def test_batched_weight_shape_mismatch():
+    c = torch.rand(3, 4, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\(3, 4\)"):
+        sinkhorn(c, torch.full((2, 4), 0.25, dtype=torch.float64), eps=0.1)
+
+
+def test_numpy_inputs_are_accepted():
+    res = sinkhorn(C.numpy(), A.numpy(), B.numpy(), eps=0.1)
+    assert isinstance(res.value, torch.Tensor) and res.value.dtype == torch.float64
+    assert np.isfinite(res.value.item())
+
+
+def test_point_cloud_errors():
+    with pytest.raises(ValueError, match="feature dimension"):
+        PointCloud(torch.rand(3, 2), torch.rand(4, 3))
+    with pytest.raises(ValueError, match="unknown cost"):
+        PointCloud(torch.rand(3, 2), torch.rand(4, 2), cost="nope")
+    with pytest.raises(ValueError, match="returned shape"):
+        PointCloud(torch.rand(3, 2), torch.rand(4, 2), cost=lambda x, y: x.sum(-1)).cost_matrix()
+
+
+def test_divergence_rejects_bad_input():
+    x = torch.rand(5, 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        sinkhorn_divergence(x, x, torch.tensor([1.0, 1, 1, -1, -1]), eps=0.1)
+    with pytest.raises(ValueError, match="eps"):
+        sinkhorn_divergence(x, x, eps=0)
+
+
+def test_no_nan_where_an_error_belongs():
+    """A cost with a huge but finite range still solves, without NaN or inf."""
+    c = torch.tensor([[0.0, 1e30], [1e30, 0.0]], dtype=torch.float32)
+    res = sinkhorn(c, eps=1e-3, tol=1e-4)
+    assert torch.isfinite(res.value) and torch.isfinite(res.plan).all()
