@@ -93,9 +93,10 @@ class SinkhornLoss(nn.Module):
     Example:
         >>> import torch
         >>> from couplings import SinkhornLoss
-        >>> loss = SinkhornLoss(eps=0.05)
-        >>> x = torch.randn(64, 2, requires_grad=True)
-        >>> loss(x, torch.randn(80, 2)).backward()
+        >>> loss = SinkhornLoss(eps=0.5)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(64, 2, generator=g, requires_grad=True)
+        >>> loss(x, torch.randn(80, 2, generator=g)).backward()
         >>> x.grad.shape
         torch.Size([64, 2])
     """
