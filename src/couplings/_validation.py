@@ -129,7 +129,7 @@ def batch_weights(
         pass
     else:
         raise ValueError(
-            f"{name} must have shape {expected} to match the {axis} of the cost, "
+            f"{name} must have shape {expected} to match {axis}, "
             f"got shape {tuple(w.shape)}."
         )
     check_same_dtype_device(cost=like, **{name: w})

@@ -59,6 +59,36 @@ class OTResult:
     _plan_fn: Callable[[], torch.Tensor] = dataclasses.field(repr=False)
     _cost_fn: Callable[[], torch.Tensor] = dataclasses.field(repr=False)
 
+    @classmethod
+    def from_batched(
+        cls,
+        batched: bool,
+        *,
+        f: torch.Tensor,
+        g: torch.Tensor,
+        value: torch.Tensor,
+        converged: torch.Tensor,
+        error: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        plan_fn: Callable[[], torch.Tensor],
+        cost: torch.Tensor,
+        n_iter: int | None,
+        eps: float | None,
+        solver: str,
+    ) -> OTResult:
+        """Build a result from a solver's batched tensors (``(B, ...)``, cost ``(B, n, m)``),
+        removing the batch axis when the call was unbatched."""
+
+        def shape(t: torch.Tensor) -> torch.Tensor:
+            return t if batched else t.squeeze(0)
+
+        return cls(
+            f=shape(f), g=shape(g), value=shape(value), converged=shape(converged),
+            n_iter=n_iter, error=shape(error), a=shape(a), b=shape(b), eps=eps, solver=solver,
+            _plan_fn=lambda: shape(plan_fn()), _cost_fn=lambda: shape(cost),
+        )
+
     @cached_property
     def plan(self) -> torch.Tensor:
         """Transport plan ``P``, ``(B, n, m)``; rows sum to ``a`` and columns to ``b``."""

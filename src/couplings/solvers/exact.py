@@ -152,8 +152,8 @@ def emd(
     max_iter = check_positive_int(max_iter, "max_iter")
     c = geom.cost_matrix()  # (B, n, m)
     bsz, n, m = c.shape
-    a = batch_weights(a, n, bsz, geom.batched, c, "a", "rows (n)")
-    b = batch_weights(b, m, bsz, geom.batched, c, "b", "columns (m)")
+    a = batch_weights(a, n, bsz, geom.batched, c, "a", "the rows (n) of the cost")
+    b = batch_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
     check_equal_mass(a, b)
 
     c64 = c.detach().to("cpu", torch.float64).numpy()  # (B, n, m)
@@ -186,18 +186,7 @@ def emd(
     ).abs().sum(-1)  # (B,)
     converged = torch.from_numpy(converged_np).to(c.device)
 
-    squeeze = (lambda t: t) if geom.batched else (lambda t: t.squeeze(0))
-    return OTResult(
-        f=squeeze(f),
-        g=squeeze(g),
-        value=squeeze(value),
-        converged=squeeze(converged),
-        n_iter=None,
-        error=squeeze(back(error.numpy())),
-        a=squeeze(a),
-        b=squeeze(b),
-        eps=None,
-        solver="emd",
-        _plan_fn=lambda: squeeze(plan),
-        _cost_fn=lambda: squeeze(c),
+    return OTResult.from_batched(
+        geom.batched, f=f, g=g, value=value, converged=converged, error=back(error.numpy()),
+        a=a, b=b, plan_fn=lambda: plan, cost=c, n_iter=None, eps=None, solver="emd",
     )

@@ -19,18 +19,16 @@ from numbers import Real
 
 import torch
 
-from .._validation import as_tensor, check_equal_mass, check_float, check_same_dtype_device
+from .._validation import (
+    as_tensor,
+    batch_weights,
+    check_equal_mass,
+    check_finite,
+    check_float,
+    check_same_dtype_device,
+)
 
 __all__ = ["wasserstein_1d"]
-
-
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        raise ValueError(
-            f"{name} must be finite, got {int((~finite).sum())} non-finite entries (nan or inf) "
-            f"out of {x.numel()}. To drop a point, give it zero weight instead."
-        )
 
 
 def _check_points(x, name: str) -> torch.Tensor:
@@ -40,31 +38,8 @@ def _check_points(x, name: str) -> torch.Tensor:
         raise ValueError(
             f"{name} must have shape (n,) or (B, n) with n >= 1, got shape {tuple(x.shape)}."
         )
-    _check_finite(x, name)
+    check_finite(x, name, " To drop a point, give it zero weight instead.")
     return x
-
-
-def _check_weights(w, points: torch.Tensor, name: str, of: str) -> torch.Tensor:
-    """Weights ``(n,)`` or ``(B, n)`` for points ``(B, n)``; ``None`` is uniform ``1/n``."""
-    bsz, n = points.shape
-    if w is None:
-        return points.new_full((bsz, n), 1.0 / n)
-    w = as_tensor(w, name)
-    check_float(w, name)
-    if tuple(w.shape) == (n,):
-        w = w.unsqueeze(0).expand(bsz, n)
-    elif tuple(w.shape) != (bsz, n):
-        raise ValueError(
-            f"{name} must have shape ({n},) or ({bsz}, {n}) to match {of}, "
-            f"got shape {tuple(w.shape)}."
-        )
-    check_same_dtype_device(**{of: points, name: w})
-    _check_finite(w, name)
-    if bool((w < 0).any()):
-        raise ValueError(f"{name} must be non-negative, got min {float(w.min()):.3g}.")
-    if bool((w.sum(-1) <= 0).any()):
-        raise ValueError(f"{name} must have a positive total mass, got a batch entry summing to 0.")
-    return w
 
 
 def _check_p(p) -> float:
@@ -145,8 +120,9 @@ def wasserstein_1d(
     batched = u.dim() == 2
     if not batched:
         u, v = u.unsqueeze(0), v.unsqueeze(0)  # (1, n), (1, m)
-    wu = _check_weights(u_weights, u, "u_weights", "u")  # (B, n)
-    wv = _check_weights(v_weights, v, "v_weights", "v")  # (B, m)
+    bsz = u.shape[0]
+    wu = batch_weights(u_weights, u.shape[1], bsz, True, u, "u_weights", "the points of u")
+    wv = batch_weights(v_weights, v.shape[1], bsz, True, v, "v_weights", "the points of v")
     check_equal_mass(wu, wv)
 
     u_sorted, u_order = torch.sort(u, dim=-1)  # (B, n)

@@ -484,8 +484,8 @@ def sinkhorn(
 
     c = geom.cost_matrix()  # (B, n, m)
     bsz, n, m = c.shape
-    a = batch_weights(a, n, bsz, geom.batched, c, "a", "rows (n)")
-    b = batch_weights(b, m, bsz, geom.batched, c, "b", "columns (m)")
+    a = batch_weights(a, n, bsz, geom.batched, c, "a", "the rows (n) of the cost")
+    b = batch_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
     check_equal_mass(a, b)
     if symmetric and not (n == m and torch.equal(a, b) and torch.allclose(c, c.transpose(-2, -1))):
         raise ValueError(
@@ -527,22 +527,8 @@ def sinkhorn(
         value = (a * f).sum(-1) + (b * g).sum(-1)
         plan_inputs = (c, a, b, f, g)
 
-    squeeze = (lambda t: t) if geom.batched else (lambda t: t.squeeze(0))
-
-    def plan_fn():
-        return squeeze(_plan(*plan_inputs, eps))
-
-    return OTResult(
-        f=squeeze(f),
-        g=squeeze(g),
-        value=squeeze(value),
-        converged=squeeze(converged),
-        n_iter=n_iter,
-        error=squeeze(error),
-        a=squeeze(a),
-        b=squeeze(b),
-        eps=eps,
+    return OTResult.from_batched(
+        geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
+        plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
         solver="sinkhorn",
-        _plan_fn=plan_fn,
-        _cost_fn=lambda: squeeze(c),
     )
