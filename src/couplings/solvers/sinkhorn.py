@@ -152,7 +152,9 @@ def _eps_schedule(cost: torch.Tensor, eps: float, scaling: float | None) -> list
     return schedule
 
 
-def _iterate(cost, a, b, eps, tol, max_iter, scaling, check_every, init, unroll, symmetric):
+def _iterate(
+    cost, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, unroll, symmetric
+):
     """Run Sinkhorn; return potentials ``f, g`` ``(B, n), (B, m)``, iterations, error, converged.
 
     Alternating updates return a pair that satisfies the column update exactly (``P^T 1 = b``);
@@ -175,7 +177,12 @@ def _iterate(cost, a, b, eps, tol, max_iter, scaling, check_every, init, unroll,
     e_cur = schedule[0] if schedule else eps
     u = cost.new_zeros(bsz, n) if init is None else init[0] / e_cur
     k = cost / e_cur
-    v = u if symmetric else g_update(k, u)
+    if symmetric:
+        v = u
+    elif init is None:  # first update the rows, then the columns, as Sinkhorn-Knopp does
+        v = cost.new_zeros(bsz, m)
+    else:
+        v = g_update(k, u)
     n_iter = 0
     for e_next in schedule[1:] + [eps]:  # one full iteration per annealing stage
         if symmetric:
@@ -193,7 +200,7 @@ def _iterate(cost, a, b, eps, tol, max_iter, scaling, check_every, init, unroll,
     weight = 2 * a if symmetric else a
     while True:
         t = f_update(k, v)
-        if n_iter % check_every == 0 or n_iter >= max_iter:
+        if n_iter >= max_iter or (n_iter >= min_iter and n_iter % check_every == 0):
             err = (weight * torch.expm1(u - t).abs()).sum(-1).detach()
             error = torch.where(active, err, error)
             active = active & ~(err <= tol)
@@ -395,6 +402,7 @@ def sinkhorn(
     eps: float,
     tol: float = 1e-6,
     max_iter: int = 1000,
+    min_iter: int = 0,
     scaling: float | None = None,
     grad: str | Implicit = "implicit",
     check_every: int = 10,
@@ -418,6 +426,10 @@ def sinkhorn(
             cut from its coarse end to fit). A problem that has not
             converged by then is reported (``converged=False``) and a
             :class:`~couplings.ConvergenceWarning` is issued once.
+        min_iter: no convergence check before this many iterations. ``min_iter = max_iter``
+            gives a fixed-depth solve (a Sinkhorn layer of ``max_iter`` rounds, as in
+            Sinkhorn networks): ``error`` and ``converged`` are still reported, but no warning
+            is issued.
         scaling: epsilon scaling. ``None`` solves at ``eps`` directly; a factor in ``(0, 1)``
             first anneals from the cost's range down to ``eps`` by that factor, one iteration per
             value, which makes small ``eps`` converge in far fewer iterations (``0.9`` is a good
@@ -471,6 +483,8 @@ def sinkhorn(
     eps = check_positive_scalar(eps, "eps")
     tol = check_positive_scalar(tol, "tol")
     max_iter = check_positive_int(max_iter, "max_iter")
+    if isinstance(min_iter, bool) or not isinstance(min_iter, int) or min_iter < 0:
+        raise ValueError(f"min_iter must be an int >= 0, got {min_iter!r}.")
     check_every = check_positive_int(check_every, "check_every")
     if scaling is not None:
         scaling = check_positive_scalar(scaling, "scaling")
@@ -496,15 +510,15 @@ def sinkhorn(
         init = _check_init(init, bsz, n, m, geom.batched, c)
     if grad == "unroll":
         f, g, n_iter, error, converged = _iterate(
-            c, a, b, eps, tol, max_iter, scaling, check_every, init, True, symmetric
+            c, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, True, symmetric
         )
     else:
         with torch.no_grad():
             f, g, n_iter, error, converged = _iterate(
-                c.detach(), a.detach(), b.detach(), eps, tol, max_iter, scaling, check_every,
-                init, False, symmetric,
+                c.detach(), a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
+                check_every, init, False, symmetric,
             )
-    if not bool(converged.all()):
+    if min_iter < max_iter and not bool(converged.all()):
         bad = int((~converged).sum())
         warnings.warn(
             f"sinkhorn did not converge for {bad} of {bsz} problem(s): marginal error "
