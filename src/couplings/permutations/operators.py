@@ -55,6 +55,7 @@ def sinkhorn_operator(
     *,
     grad: str | Implicit = "unroll",
     tol: float | None = None,
+    scaling: float | None = None,
 ) -> torch.Tensor:
     r"""The Sinkhorn operator :math:`S(X / \tau)`: a doubly-stochastic matrix.
 
@@ -72,6 +73,8 @@ def sinkhorn_operator(
             through the ``n_iter`` rounds, ``"implicit"`` differentiates the converged fixed
             point (use it with ``tol``).
         tol: when given, iterate to this marginal error instead (``n_iter`` becomes the cap).
+        scaling: epsilon scaling (with ``tol``), for small ``tau``; see
+            :func:`couplings.sinkhorn`.
 
     Returns:
         ``(B, n, n)`` or ``(n, n)``: columns sum to 1 exactly, rows to 1 up to the remaining
@@ -94,7 +97,7 @@ def sinkhorn_operator(
     fixed = tol is None
     res = sinkhorn(
         -log_alpha, eps=tau, tol=1e-6 if fixed else tol, max_iter=n_iter,
-        min_iter=n_iter if fixed else 0, grad=grad,
+        min_iter=n_iter if fixed else 0, grad=grad, scaling=scaling,
     )
     plan = res.plan * n  # (B, n, n)
     return plan if batched else plan.squeeze(0)
