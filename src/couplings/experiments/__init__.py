@@ -72,8 +72,8 @@ def all_experiments() -> list[Experiment]:
 
 
 # the experiment modules; each defines EXPERIMENT
-from . import ot_accuracy  # noqa: E402
+from . import ot_accuracy, sorting  # noqa: E402
 
-for _module in (ot_accuracy,):
+for _module in (ot_accuracy, sorting):
     register(_module.EXPERIMENT)
 del _module

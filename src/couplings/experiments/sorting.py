@@ -1,0 +1,247 @@
+"""``sorting``: learning to sort numbers with a Sinkhorn network (Gumbel-Sinkhorn, Table 1).
+
+Protocol (Mena et al. 2018, section 4.1; details in ../shared/papers/relaxations.md, 1.2):
+lists of ``N`` numbers drawn from U(0, 1), a Sinkhorn network whose shared ``g1`` is one
+Linear(1, 32) + ReLU layer and ``g2`` one Linear(32, N), trained with the unscrambling loss
+``mean((sorted - S((X + G) / tau)^T x)^2)`` over Gumbel-Sinkhorn samples; tested on fresh lists
+from U(0, 1) and the shifted and scaled distributions of the paper's Table 1, with the hard
+permutation of the Hungarian algorithm on the scores. Metrics: proportion of wrongly placed
+numbers (per element), proportion of lists with any error (per list), Kendall's tau.
+
+Choices where the paper is silent (written down here and in the report): Adam with a learning
+rate of 0.01 decayed by 10x over the last third of training, ``tau`` 1 with 20 Sinkhorn rounds,
+and a number of steps that grows with ``N``; 1000 test lists per distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..permutations import SinkhornNetwork, kendall_tau, unscramble_loss
+from .base import Compared, Experiment, ExperimentResult, RunContext, Table, torch_threads
+
+__all__ = ["EXPERIMENT", "SortingConfig", "PAPER_PROP_ANY_WRONG"]
+
+# Gumbel-Sinkhorn, Table 1: prop. any wrong, trained on U(0, 1) (relaxations.md, 7.1)
+PAPER_N = (5, 10, 15, 80, 100, 120)
+PAPER_PROP_ANY_WRONG = {
+    (0.0, 1.0): (0.0, 0.0, 0.0, 0.0, 0.0, 0.01),
+    (0.0, 10.0): (0.0, 0.0, 0.0, 0.0, 0.02, 0.03),
+    (0.0, 1000.0): (0.0, 0.0, 0.0, 0.01, 0.02, 0.04),
+    (1.0, 2.0): (0.0, 0.0, 0.0, 0.01, 0.04, 0.08),
+    (10.0, 11.0): (0.0, 0.0, 0.0, 0.08, 0.08, 0.6),
+    (100.0, 101.0): (0.0, 0.0, 0.01, 0.02, 0.99, 1.0),
+    (1000.0, 1001.0): (0.0, 0.0, 0.07, 1.0, 1.0, 1.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SortingConfig:
+    """Settings of the sorting experiment; the defaults are the full setting.
+
+    Attributes:
+        n_values: list lengths ``N``.
+        n_seeds: independent trainings per ``N``.
+        steps_per_item: training steps per list item (``N * steps_per_item``, at least
+            ``min_steps``).
+        min_steps: fewest training steps for any ``N``.
+        batch_size: lists per step.
+        n_samples: Gumbel-Sinkhorn samples per list.
+        n_iter: Sinkhorn rounds.
+        tau: temperature.
+        noise_factor: Gumbel noise scale during training.
+        hidden: width of ``g1``.
+        lr: Adam learning rate (decayed 10x for the last third of the steps).
+        n_test: test lists per distribution.
+        test_ranges: the test distributions U(low, high).
+        num_threads: torch threads (one is fastest for these small operations).
+    """
+
+    n_values: tuple[int, ...] = PAPER_N
+    n_seeds: int = 3
+    steps_per_item: int = 25
+    min_steps: int = 500
+    batch_size: int = 10
+    n_samples: int = 5
+    n_iter: int = 20
+    tau: float = 1.0
+    noise_factor: float = 1.0
+    hidden: int = 32
+    lr: float = 0.01
+    n_test: int = 1000
+    test_ranges: tuple[tuple[float, float], ...] = tuple(PAPER_PROP_ANY_WRONG)
+    num_threads: int = 1
+
+    @classmethod
+    def quick(cls) -> SortingConfig:
+        return cls(n_values=(5, 10, 15), n_seeds=1, steps_per_item=20, min_steps=300,
+                   n_test=200)
+
+    def steps(self, n: int) -> int:
+        return max(self.min_steps, self.steps_per_item * n)
+
+
+def _train(n: int, config: SortingConfig, generator: torch.Generator) -> SinkhornNetwork:
+    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # init weights
+    net = SinkhornNetwork.mlp(n_items=n, in_features=1, hidden=config.hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    steps = config.steps(n)
+    decay_at = (2 * steps) // 3
+    for step in range(steps):
+        if step == decay_at:
+            for group in opt.param_groups:
+                group["lr"] = config.lr / 10
+        x = torch.rand(config.batch_size, n, generator=generator)  # (B, N)
+        ordered = x.sort(dim=-1).values
+        loss = unscramble_loss(
+            net(x.unsqueeze(-1)), x.unsqueeze(-1), ordered.unsqueeze(-1), tau=config.tau,
+            n_samples=config.n_samples, noise_factor=config.noise_factor, n_iter=config.n_iter,
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net
+
+
+def _evaluate(net: SinkhornNetwork, n: int, low: float, high: float, n_test: int,
+              generator: torch.Generator) -> dict[str, float]:
+    x = low + (high - low) * torch.rand(n_test, n, generator=generator, dtype=torch.float64)
+    true_position = x.argsort(-1).argsort(-1)  # (n_test, N): rank of item i
+    predicted = net.predict(x.float().unsqueeze(-1))
+    wrong = (predicted != true_position).float()
+    return {
+        "prop_wrong": float(wrong.mean()),
+        "prop_any_wrong": float(wrong.any(-1).float().mean()),
+        "kendall_tau": float(kendall_tau(predicted, true_position).mean()),
+    }
+
+
+def _range_key(r: tuple[float, float]) -> str:
+    return f"U({r[0]:g},{r[1]:g})"
+
+
+def run(config: SortingConfig, ctx: RunContext) -> ExperimentResult:
+    units = [(n, s) for n in config.n_values for s in range(config.n_seeds)]
+
+    def work(unit):
+        n, s = unit
+        with torch_threads(config.num_threads):
+            start = time.perf_counter()
+            net = _train(n, config, ctx.generator(n, s))
+            train_s = time.perf_counter() - start
+            results = {
+                _range_key(r): _evaluate(net, n, *r, config.n_test, ctx.generator(n, s, 10_000 + i))
+                for i, r in enumerate(config.test_ranges)
+            }
+        return {"n": n, "seed": s, "steps": config.steps(n), "train_time_s": train_s,
+                "results": results}
+
+    outcomes = ctx.map_units(units, work, key=lambda u: f"N{u[0]}-seed{u[1]}",
+                             desc="sorting (N, seed)")
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for r in config.test_ranges:
+        key = _range_key(r)
+        summary[key] = {}
+        for n in config.n_values:
+            per_seed = [o["results"][key] for o in outcomes if o["n"] == n]
+            summary[key][str(n)] = {
+                metric: float(np.mean([p[metric] for p in per_seed]))
+                for metric in ("prop_wrong", "prop_any_wrong", "kendall_tau")
+            } | {
+                "prop_any_wrong_max_over_seeds": float(max(p["prop_any_wrong"] for p in per_seed)),
+            }
+
+    def paper(r, n):
+        table = PAPER_PROP_ANY_WRONG.get(tuple(r))
+        return table[PAPER_N.index(n)] if table and n in PAPER_N else None
+
+    any_wrong_rows = [
+        [_range_key(r)] + [
+            Compared(round(summary[_range_key(r)][str(n)]["prop_any_wrong"], 3), paper(r, n))
+            for n in config.n_values
+        ]
+        for r in config.test_ranges
+    ]
+    u01 = _range_key((0.0, 1.0))
+    detail_rows = []
+    if u01 in summary:
+        for n in config.n_values:
+            cell = summary[u01][str(n)]
+            detail_rows.append([n, config.steps(n), round(cell["prop_wrong"], 4),
+                                round(cell["prop_any_wrong"], 3),
+                                round(cell["prop_any_wrong_max_over_seeds"], 3),
+                                round(cell["kendall_tau"], 4)])
+    criterion = all(summary[u01][str(n)]["prop_any_wrong"] <= 0.01 for n in config.n_values) \
+        if u01 in summary else None
+    train_time = sum(o["train_time_s"] for o in outcomes)
+
+    tables = [
+        Table(
+            "Proportion of lists with any error (trained on U(0,1))",
+            ["test distribution"] + [f"N={n}" for n in config.n_values],
+            any_wrong_rows,
+            caption=(f"Mean over {config.n_seeds} seed(s), {config.n_test} test lists each; "
+                     "paper: Mena et al. 2018, Table 1."),
+        ),
+        Table(
+            "U(0,1) in detail",
+            ["N", "steps", "prop. wrong", "prop. any wrong", "worst seed any wrong",
+             "Kendall tau"],
+            detail_rows,
+            caption="Means over seeds; 'worst seed' is the largest prop. any wrong of a seed.",
+        ),
+    ]
+    figures = {"prop_any_wrong_vs_n": _figure(config, summary, paper)}
+    notes = [
+        "Setting: g1 = Linear(1, 32) + ReLU shared by the numbers, g2 = Linear(32, N); "
+        f"Adam lr {config.lr} (x0.1 for the last third), batch {config.batch_size}, "
+        f"{config.n_samples} Gumbel-Sinkhorn samples, tau {config.tau}, "
+        f"{config.n_iter} Sinkhorn rounds, max({config.min_steps}, {config.steps_per_item} N) "
+        "steps. The paper does not give its learning rate or step counts; these are ours.",
+        f"Total training time {train_time:.0f} s on {config.num_threads} thread(s).",
+    ]
+    metrics = {"summary": summary, "units": outcomes, "criterion_u01_prop_any_wrong_le_0.01":
+               criterion, "train_time_s": train_time}
+    headline = {"U(0,1) prop. any wrong <= 0.01 for every N": criterion}
+    return ExperimentResult(metrics=metrics, tables=tables, figures=figures, notes=notes,
+                            headline=headline)
+
+
+def _figure(config, summary, paper):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(config.test_ranges)))
+    ns = list(config.n_values)
+    for color, r in zip(colors, config.test_ranges, strict=True):
+        key = _range_key(r)
+        ours = [summary[key][str(n)]["prop_any_wrong"] for n in ns]
+        ax.plot(ns, ours, "o-", color=color, label=f"{key} ours")
+        ref = [paper(r, n) for n in ns]
+        if any(v is not None for v in ref):
+            ax.plot(ns, [math.nan if v is None else v for v in ref], "x--", color=color,
+                    alpha=0.6)
+    ax.set_xlabel("N (numbers per list)")
+    ax.set_ylabel("prop. of lists with any error")
+    ax.set_title("Sorting with a Sinkhorn network: ours (solid) vs paper (dashed)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT = Experiment(
+    name="sorting",
+    description="Sorting numbers with a Gumbel-Sinkhorn network (Mena et al. 2018, Table 1).",
+    config_type=SortingConfig,
+    run=run,
+)

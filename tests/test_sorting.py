@@ -1,0 +1,28 @@
+"""The ``sorting`` experiment (Gumbel-Sinkhorn Table 1): a small run end to end."""
+
+import json
+
+from couplings.experiments import get
+from couplings.experiments.runner import run_experiment
+from couplings.experiments.sorting import PAPER_PROP_ANY_WRONG, SortingConfig
+
+
+def test_small_sorting_run_learns_and_reports_paper_beside_ours(tmp_path):
+    config = SortingConfig(n_values=(5,), n_seeds=1, min_steps=300, steps_per_item=1,
+                           n_test=200, test_ranges=((0.0, 1.0), (1000.0, 1001.0)))
+    record = run_experiment(get("sorting"), config, seed=0, out=tmp_path, show_progress=False)
+    metrics = json.loads(record.files.metrics.read_text())["metrics"]
+    u01 = metrics["summary"]["U(0,1)"]["5"]
+    assert u01["prop_any_wrong"] <= 0.01 and u01["kendall_tau"] >= 0.99
+    assert metrics["criterion_u01_prop_any_wrong_le_0.01"] is True
+    report = (tmp_path / "sorting" / "report.md").read_text()
+    assert "N=5 (paper)" in report and "U(1000,1001)" in report
+    assert (tmp_path / "sorting" / "prop_any_wrong_vs_n.png").stat().st_size > 10_000
+
+
+def test_quick_setting_and_paper_table_shape():
+    quick, full = SortingConfig.quick(), SortingConfig()
+    assert set(quick.n_values) <= set(full.n_values)
+    assert full.n_values == (5, 10, 15, 80, 100, 120) and full.n_seeds == 3
+    assert (0.0, 1.0) in full.test_ranges and len(full.test_ranges) == 7
+    assert all(len(row) == 6 for row in PAPER_PROP_ANY_WRONG.values())
