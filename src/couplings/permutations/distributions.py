@@ -80,12 +80,13 @@ class GumbelSinkhorn(Distribution):
             validate_args=validate_args,
         )
 
-    def _noisy_scores(self, sample_shape) -> torch.Tensor:
+    def _noisy_scores(self, sample_shape, generator) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)  # (*sample, *batch, n, n)
         scores = self.log_alpha.expand(shape)
         if self.noise_factor == 0:
             return scores
-        return scores + self.noise_factor * gumbel_noise(shape, like=self.log_alpha)
+        noise = gumbel_noise(shape, like=self.log_alpha, generator=generator)
+        return scores + self.noise_factor * noise
 
     @staticmethod
     def _hard(noisy: torch.Tensor) -> torch.Tensor:
@@ -93,9 +94,10 @@ class GumbelSinkhorn(Distribution):
         flat = noisy.detach().reshape(-1, n, n)
         return matching(flat).matrix.reshape(noisy.shape)
 
-    def rsample(self, sample_shape=()) -> torch.Tensor:
-        """Relaxed samples ``S((X + G) / tau)``, ``(*sample_shape, *batch, n, n)``."""
-        noisy = self._noisy_scores(sample_shape)
+    def rsample(self, sample_shape=(), *, generator: torch.Generator | None = None):
+        """Relaxed samples ``S((X + G) / tau)``, ``(*sample_shape, *batch, n, n)``; the noise
+        comes from ``generator`` when given (else the global torch RNG)."""
+        noisy = self._noisy_scores(sample_shape, generator)
         n = noisy.shape[-1]
         soft = sinkhorn_operator(noisy.reshape(-1, n, n), self.tau, self.n_iter)
         soft = soft.reshape(noisy.shape)
@@ -103,10 +105,10 @@ class GumbelSinkhorn(Distribution):
             return self._hard(noisy) + soft - soft.detach()
         return soft
 
-    def sample(self, sample_shape=()) -> torch.Tensor:
+    def sample(self, sample_shape=(), *, generator: torch.Generator | None = None):
         """Hard samples ``M(X + G)`` (Gumbel-matching), permutation matrices, no gradient."""
         with torch.no_grad():
-            return self._hard(self._noisy_scores(sample_shape))
+            return self._hard(self._noisy_scores(sample_shape, generator))
 
     @property
     def mode(self) -> torch.Tensor:
