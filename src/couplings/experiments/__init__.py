@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+
 from .base import Compared, Experiment, ExperimentResult, RunContext, Table, derive_seed
 
 __all__ = [
@@ -71,9 +73,13 @@ def all_experiments() -> list[Experiment]:
     return list(_REGISTRY.values())
 
 
-# the experiment modules; each defines EXPERIMENT
-from . import ot_accuracy, sorting  # noqa: E402
-
-for _module in (ot_accuracy, sorting):
-    register(_module.EXPERIMENT)
-del _module
+# the experiment modules, one a line, in the order of `couplings list`; each defines EXPERIMENT
+_MODULES = (
+    "ot_accuracy",
+    "sorting",
+    "matching_bd",
+    "celegans",
+)
+for _name in _MODULES:
+    register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)
+del _name
