@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import couplings
+import couplings.permutations
 from couplings import PointCloud, emd, sinkhorn
 
 from ._problems import DEVICES, DTYPES, random_problem
@@ -19,9 +20,14 @@ def test_all_is_a_list_of_names():
     assert all(isinstance(n, str) and "," not in n for n in couplings.__all__)
 
 
-@pytest.mark.parametrize("name", couplings.__all__)
-def test_exported_name_is_documented(name):
-    obj = getattr(couplings, name)
+PUBLIC = [(couplings, n) for n in couplings.__all__] + [
+    (couplings.permutations, n) for n in couplings.permutations.__all__
+]
+
+
+@pytest.mark.parametrize("module, name", PUBLIC, ids=[f"{m.__name__}.{n}" for m, n in PUBLIC])
+def test_exported_name_is_documented(module, name):
+    obj = getattr(module, name)
     doc = inspect.getdoc(obj)
     assert doc and len(doc) > 40, f"{name} has no real docstring"
     if name not in EXAMPLE_EXEMPT:

@@ -6,7 +6,15 @@ from the library's solvers.
 """
 
 from ..solvers.matching import Matching, matching
+from .birkhoff import (
+    RoundingFamily,
+    StickBreakingFamily,
+    round_to_permutation,
+    stick_breaking,
+    stick_breaking_inverse,
+)
 from .distributions import GumbelSinkhorn
+from .mallows import Mallows, all_permutations, footrule
 from .network import SinkhornNetwork, soft_unscramble, unscramble_loss
 from .operators import gumbel_noise, sinkhorn_operator
 from .utils import (
@@ -20,6 +28,14 @@ from .utils import (
 
 __all__ = [
     "GumbelSinkhorn",
+    "Mallows",
+    "RoundingFamily",
+    "StickBreakingFamily",
+    "all_permutations",
+    "footrule",
+    "round_to_permutation",
+    "stick_breaking",
+    "stick_breaking_inverse",
     "Matching",
     "SinkhornNetwork",
     "apply_permutation",

@@ -93,6 +93,12 @@ def soft_unscramble(plan: torch.Tensor, scrambled: torch.Tensor) -> torch.Tensor
 
     ``plan`` ``(..., B, n, n)``, ``scrambled`` ``(B, n, *item_shape)``; returns
     ``(..., B, n, *item_shape)``, i.e. :math:`P^T x` on the item axis.
+
+    Example:
+        >>> import torch
+        >>> swap = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])  # item 0 -> position 1
+        >>> soft_unscramble(swap, torch.tensor([[[10.0], [20.0]]])).squeeze(-1)
+        tensor([[20., 10.]])
     """
     bsz, n = scrambled.shape[:2]
     flat = scrambled.reshape(bsz, n, -1)  # (B, n, D)
@@ -122,6 +128,15 @@ def unscramble_loss(
 
     Returns:
         A scalar, averaged over samples, batch and items.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(4, 6, 1, generator=torch.Generator().manual_seed(0))
+        >>> net = SinkhornNetwork.mlp(n_items=6)
+        >>> loss = unscramble_loss(net(x), x, x.sort(dim=1).values)
+        >>> loss.backward()
+        >>> loss.dim(), net.g2.weight.grad is not None
+        (0, True)
     """
     soft = GumbelSinkhorn(log_alpha, tau, noise_factor, n_iter).rsample((n_samples,))
     recon = soft_unscramble(soft, scrambled)  # (S, B, n, ...)

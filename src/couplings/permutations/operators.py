@@ -107,6 +107,12 @@ def gumbel_noise(shape, *, like: torch.Tensor, generator: torch.Generator | None
     """Standard Gumbel noise ``-log(-log U)``, with the dtype and device of ``like``.
 
     ``U`` is drawn in ``(tiny, 1)`` so the result is always finite.
+
+    Example:
+        >>> import torch
+        >>> g = gumbel_noise((100_000,), like=torch.zeros(()), generator=torch.manual_seed(0))
+        >>> round(float(g.mean()), 1)  # Euler's constant, 0.577...
+        0.6
     """
     tiny = torch.finfo(like.dtype).tiny
     u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)

@@ -45,7 +45,13 @@ def to_matrix(sigma: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
 
 
 def to_indices(matrix: torch.Tensor) -> torch.Tensor:
-    """Permutation matrices ``(..., n, n)`` to index vectors ``(..., n)`` (argmax of each row)."""
+    """Permutation matrices ``(..., n, n)`` to index vectors ``(..., n)`` (argmax of each row).
+
+    Example:
+        >>> import torch
+        >>> to_indices(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        tensor([1, 0])
+    """
     return matrix.argmax(dim=-1)
 
 
@@ -113,6 +119,13 @@ def kendall_tau(sigma: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
 
 def random_permutation(batch: int, n: int, *, generator: torch.Generator | None = None,
                        device=None) -> torch.Tensor:
-    """Uniformly random permutations ``(batch, n)`` (argsort of uniform noise)."""
+    """Uniformly random permutations ``(batch, n)`` (argsort of uniform noise).
+
+    Example:
+        >>> import torch
+        >>> sigma = random_permutation(2, 5, generator=torch.Generator().manual_seed(0))
+        >>> sigma.shape, sorted(sigma[0].tolist())
+        (torch.Size([2, 5]), [0, 1, 2, 3, 4])
+    """
     noise = torch.rand(batch, n, generator=generator, device=device)
     return noise.argsort(dim=-1)
