@@ -64,7 +64,7 @@ class SortingConfig:
 
     n_values: tuple[int, ...] = PAPER_N
     n_seeds: int = 3
-    steps_per_item: int = 25
+    steps_per_item: int = 50
     min_steps: int = 500
     batch_size: int = 10
     n_samples: int = 5

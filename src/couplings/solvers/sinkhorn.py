@@ -107,18 +107,30 @@ class _WeightedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, log_w, dim):
-        out = _logsumexp_(x + log_w, dim)
-        ctx.save_for_backward(x, w, out)
+        z = x + log_w
+        m = z.amax(dim=dim, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        kernel = z.sub_(m).clamp_min_(_EXP_FLOOR).exp_()  # in place on the temporary z
+        total = kernel.sum(dim=dim, keepdim=True)
+        out = total.log() + m
         ctx.dim = dim
-        return out
+        if ctx.needs_input_grad[1]:  # the weights' gradient needs exp(x - out) at w = 0 too
+            ctx.save_for_backward(x, w, out)
+        else:  # only x's gradient, the softmax: keep it rather than recompute it
+            ctx.save_for_backward(kernel.div_(total))
+        return out.squeeze(dim)
 
     @staticmethod
     def backward(ctx, grad):
-        x, w, out = ctx.saved_tensors
         dim = ctx.dim
+        g = grad.unsqueeze(dim)
+        if len(ctx.saved_tensors) == 1:
+            (softmax,) = ctx.saved_tensors
+            return softmax * g, None, None, None
+        x, w, out = ctx.saved_tensors
         limit = 0.5 * math.log(torch.finfo(x.dtype).max)
-        arg = (x - out.unsqueeze(dim)).clamp_(_EXP_FLOOR, limit)
-        kernel = arg.exp_() * grad.unsqueeze(dim)  # (B, n, m)
+        arg = (x - out).clamp_(_EXP_FLOOR, limit)
+        kernel = arg.exp_() * g  # (B, n, m)
         other = -1 if dim == -2 else -2
         return kernel * w, kernel.sum(other, keepdim=True), None, None
 
