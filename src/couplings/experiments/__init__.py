@@ -79,6 +79,7 @@ _MODULES = (
     "sorting",
     "matching_bd",
     "celegans",
+    "jigsaw",
 )
 for _name in _MODULES:
     register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)

@@ -59,8 +59,9 @@ class SinkhornNetwork(nn.Module):
         cls, n_items: int, piece_shape: tuple[int, int, int], channels: int = 32,
         hidden: int = 64,
     ) -> SinkhornNetwork:
-        """``g1`` = a small CNN on each image piece ``(C, H, W)``: convolution, ReLU, max pooling,
-        then a linear layer (the paper's jigsaw network)."""
+        """``g1`` = a small CNN on each image piece ``(C, H, W)``: a 3x3 convolution, ReLU, max
+        pooling, then a linear layer and ReLU (after the paper's "convolution + max pooling"
+        jigsaw network; the reference code's 5x5 kernels and bias-free ``g2`` differ)."""
         c, h, w = piece_shape
         g1 = nn.Sequential(
             nn.Conv2d(c, channels, kernel_size=3, padding=1),

@@ -111,7 +111,7 @@ def kendall_tau(sigma: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sigma and pi must have one shape, got {sigma.shape} and {pi.shape}.")
     n = sigma.shape[-1]
     if n < 2:
-        return torch.ones(sigma.shape[:-1])
+        return torch.ones(sigma.shape[:-1], device=sigma.device)
     ds = torch.sign(sigma.unsqueeze(-1) - sigma.unsqueeze(-2)).float()  # (..., n, n)
     dp = torch.sign(pi.unsqueeze(-1) - pi.unsqueeze(-2)).float()
     return (ds * dp).sum((-2, -1)) / (n * (n - 1))
