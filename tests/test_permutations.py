@@ -129,6 +129,12 @@ def test_gumbel_sinkhorn_rsample_and_straight_through():
     assert ((st - st.round()).abs() < 1e-6).all()  # hard in the forward pass
     st.pow(2).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # relaxed gradient backward
+    seeded = [GumbelSinkhorn(x, tau=0.5).rsample(generator=torch.Generator().manual_seed(1))
+              for _ in range(2)]
+    torch.testing.assert_close(seeded[0], seeded[1])
+    assert GumbelSinkhorn(x, noise_factor=np.float64(0.5)).noise_factor == 0.5
+    with pytest.raises(ValueError, match="noise_factor"):
+        GumbelSinkhorn(x, noise_factor=-1.0)
     zero_noise = GumbelSinkhorn(x, tau=0.5, noise_factor=0.0).rsample()
     torch.testing.assert_close(zero_noise, sinkhorn_operator(x, 0.5))
 

@@ -13,6 +13,9 @@ References:
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import torch
 from torch.distributions import Distribution, constraints
 
@@ -70,7 +73,9 @@ class GumbelSinkhorn(Distribution):
                      else log_alpha)
         self.log_alpha = log_alpha
         self.tau = check_positive_scalar(tau, "tau")
-        if not (isinstance(noise_factor, int | float) and noise_factor >= 0):
+        if isinstance(noise_factor, bool) or not (
+            isinstance(noise_factor, Real) and math.isfinite(noise_factor) and noise_factor >= 0
+        ):
             raise ValueError(f"noise_factor must be a number >= 0, got {noise_factor!r}.")
         self.noise_factor = float(noise_factor)
         self.n_iter = check_positive_int(n_iter, "n_iter")

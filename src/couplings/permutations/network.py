@@ -116,6 +116,7 @@ def unscramble_loss(
     n_samples: int = 5,
     noise_factor: float = 1.0,
     n_iter: int = 20,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""The paper's regression loss: mean squared error between the ordered items and the
     scrambled items reordered by Gumbel-Sinkhorn samples,
@@ -126,6 +127,7 @@ def unscramble_loss(
         scrambled: items in input order ``(B, n, *item_shape)``.
         ordered: the same items in their true order ``(B, n, *item_shape)``.
         tau, n_samples, noise_factor, n_iter: Gumbel-Sinkhorn settings.
+        generator: source of the Gumbel noise (default: the global torch RNG).
 
     Returns:
         A scalar, averaged over samples, batch and items.
@@ -139,6 +141,7 @@ def unscramble_loss(
         >>> loss.dim(), net.g2.weight.grad is not None
         (0, True)
     """
-    soft = GumbelSinkhorn(log_alpha, tau, noise_factor, n_iter).rsample((n_samples,))
+    dist = GumbelSinkhorn(log_alpha, tau, noise_factor, n_iter)
+    soft = dist.rsample((n_samples,), generator=generator)
     recon = soft_unscramble(soft, scrambled)  # (S, B, n, ...)
     return ((recon - ordered.unsqueeze(0)) ** 2).mean()
