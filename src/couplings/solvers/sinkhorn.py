@@ -90,12 +90,19 @@ def _safe_log(w: torch.Tensor) -> torch.Tensor:
 _EXP_FLOOR = -80.0
 
 
-def _logsumexp_(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """``log sum exp(z)`` along ``dim``, overwriting ``z`` (a temporary). No autograd."""
+def _shifted_exp_(z: torch.Tensor, dim: int):
+    """``exp(z - max)`` (floored), overwriting ``z`` (a temporary), its sum and the max along
+    ``dim``, all with ``dim`` kept: the parts of a log-sum-exp. No autograd."""
     m = z.amax(dim=dim, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = z.sub_(m).clamp_min_(_EXP_FLOOR).exp_().sum(dim=dim, keepdim=True)
-    return (s.log_() + m).squeeze(dim)
+    kernel = z.sub_(m).clamp_min_(_EXP_FLOOR).exp_()
+    return kernel, kernel.sum(dim=dim, keepdim=True), m
+
+
+def _logsumexp_(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log sum exp(z)`` along ``dim``, overwriting ``z`` (a temporary). No autograd."""
+    _, total, m = _shifted_exp_(z, dim)
+    return (total.log_() + m).squeeze(dim)
 
 
 class _WeightedLogSumExp(torch.autograd.Function):
@@ -107,11 +114,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, log_w, dim):
-        z = x + log_w
-        m = z.amax(dim=dim, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        kernel = z.sub_(m).clamp_min_(_EXP_FLOOR).exp_()  # in place on the temporary z
-        total = kernel.sum(dim=dim, keepdim=True)
+        kernel, total, m = _shifted_exp_(x + log_w, dim)
         out = total.log() + m
         ctx.dim = dim
         if ctx.needs_input_grad[1]:  # the weights' gradient needs exp(x - out) at w = 0 too
@@ -279,7 +282,7 @@ def _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts: Implicit):
     rhs_v = (grad_g - (r_mat.transpose(-2, -1) @ gf_off.unsqueeze(-1)).squeeze(-1)) * sb  # (B, m)
     schur_rhs = rhs_u - (q_mat @ rhs_v.unsqueeze(-1)).squeeze(-1)  # (B, n)
     mass = a.sum(-1, keepdim=True)
-    bsz, n, _ = z.shape
+    n = z.shape[-2]
 
     def matvec(w):  # (S + a a^T / mass) w, identity off the support
         pw = (p_mat.transpose(-2, -1) @ w.unsqueeze(-1)).squeeze(-1)  # (B, m)
@@ -391,7 +394,7 @@ def _plan(cost, a, b, f, g, eps):
 
 
 def _check_init(init, bsz, n, m, batched, like):
-    """Validate a warm start ``(f, g)`` and return ``(f,)`` as ``(B, n)``, detached."""
+    """Validate a warm start ``(f, g)``; return ``[f, g]`` as ``(B, n)``, ``(B, m)``, detached."""
     if not (isinstance(init, tuple | list) and len(init) == 2):
         raise TypeError(f"init must be a pair (f, g) of potentials, got {type(init).__name__}.")
     out = []
