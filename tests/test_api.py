@@ -7,6 +7,7 @@ import torch
 
 import couplings
 import couplings.permutations
+import couplings.structures
 from couplings import PointCloud, emd, sinkhorn
 
 from ._problems import DEVICES, DTYPES, random_problem
@@ -22,7 +23,7 @@ def test_all_is_a_list_of_names():
 
 PUBLIC = [(couplings, n) for n in couplings.__all__] + [
     (couplings.permutations, n) for n in couplings.permutations.__all__
-]
+] + [(couplings.structures, n) for n in couplings.structures.__all__]
 
 
 @pytest.mark.parametrize("module, name", PUBLIC, ids=[f"{m.__name__}.{n}" for m, n in PUBLIC])

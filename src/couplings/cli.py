@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Example:
         >>> main(["list"])  # doctest: +ELLIPSIS
-        ot-accuracy  Sinkhorn vs exact OT...
+        ot-accuracy...Sinkhorn vs exact OT...
         0
     """
     parser = build_parser()

@@ -80,6 +80,8 @@ _MODULES = (
     "matching_bd",
     "celegans",
     "jigsaw",
+    "sst_variance",
+    "sst_subset",
 )
 for _name in _MODULES:
     register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)
