@@ -5,14 +5,16 @@ argmaxes over its convex hull (DESIGN: regularized linear programs over polytope
 vectors (:class:`Categorical`), k-subsets (:class:`KSubset`), k-subsets of a chain with
 correlations between neighbours (:class:`ChainKSubset`), spanning trees
 (:class:`SpanningTree`), arborescences (:class:`Arborescence`) and permutations
-(:class:`Permutation`, from :mod:`couplings.permutations`). :class:`StochasticSoftmaxTrick`
-turns any of them into a perturbation model and its relaxation; :mod:`.estimators` holds the
+(:class:`Permutation`, from :mod:`couplings.permutations`), and the permutahedron
+(:class:`Permutahedron`, with :func:`soft_sort` and :func:`soft_rank`, projections onto it).
+:class:`StochasticSoftmaxTrick` turns any of them into a perturbation model and its relaxation; :mod:`.estimators` holds the
 unrelaxed references (REINFORCE, NVIL, perturbed optimizers).
 """
 
 from .base import FiniteDifference, Structure
 from .chain_subsets import ChainKSubset
 from .estimators import NVIL, leave_one_out_baseline, perturbed, reinforce
+from .permutahedron import Permutahedron, soft_rank, soft_sort
 from .permutation import Permutation
 from .subsets import Categorical, KSubset
 from .trees import Arborescence, SpanningTree
@@ -25,6 +27,7 @@ __all__ = [
     "ChainKSubset",
     "FiniteDifference",
     "KSubset",
+    "Permutahedron",
     "Permutation",
     "SpanningTree",
     "StochasticSoftmaxTrick",
@@ -33,4 +36,6 @@ __all__ = [
     "perturb",
     "perturbed",
     "reinforce",
+    "soft_rank",
+    "soft_sort",
 ]

@@ -1,7 +1,8 @@
-r"""The structure interface: a finite set of 0/1 vectors and the linear programs over its hull.
+r"""The structure interface: a finite set of vectors and the linear programs over its hull.
 
-A *structure* is a finite set :math:`Z \subset \{0, 1\}^d` (one-hot vectors, k-subsets, the edge
-sets of spanning trees, arborescences, permutation matrices) given with
+A *structure* is a finite set :math:`Z \subset \mathbb{R}^d`, usually of 0/1 vectors (one-hot
+vectors, k-subsets, the edge sets of spanning trees, arborescences, permutation matrices; the
+permutahedron's vertices are the rearrangements of a vector), given with
 
 - its exact argmax, :math:`z^*(w) = \arg\max_{z \in Z} \langle w, z \rangle` (``argmax``);
 - regularized argmaxes over the convex hull, for a strongly convex :math:`R`,
@@ -112,7 +113,7 @@ class _FiniteDifferenceFn(torch.autograd.Function):
 
 
 class Structure(ABC):
-    """A finite set of 0/1 vectors of shape ``event_shape`` with LPs over its convex hull.
+    """A finite set of vectors (usually 0/1) of shape ``event_shape`` with LPs over its hull.
 
     Subclasses implement ``argmax`` and ``_relaxed`` for the regularizers they list in
     ``regularizers`` (the first is the default); ``log_partition``, ``marginals``,
