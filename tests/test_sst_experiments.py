@@ -72,7 +72,7 @@ def test_sst_variance_small_run(tmp_path):
         # of the order of variance / reps
         for name in ("reinforce", "reinforce-loo"):
             assert cell[name]["bias2"] < 20 * cell[name]["variance"] / config.reps, name
-    assert set(metrics["criterion"]) == {"one-hot n=2", "2-subset n=2"}
+    assert set(metrics["criterion"]) == {"one-hot n=2 tau=0.5", "2-subset n=2 tau=0.5"}
     assert record.result.headline
 
 
