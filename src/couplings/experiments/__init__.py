@@ -82,6 +82,7 @@ _MODULES = (
     "jigsaw",
     "sst_variance",
     "sst_subset",
+    "sst_listops",
 )
 for _name in _MODULES:
     register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)
