@@ -83,6 +83,7 @@ _MODULES = (
     "sst_variance",
     "sst_subset",
     "sst_listops",
+    "sst_graph_layout",
 )
 for _name in _MODULES:
     register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)
