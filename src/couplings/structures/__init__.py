@@ -7,8 +7,9 @@ correlations between neighbours (:class:`ChainKSubset`), spanning trees
 (:class:`SpanningTree`), arborescences (:class:`Arborescence`) and permutations
 (:class:`Permutation`, from :mod:`couplings.permutations`), and the permutahedron
 (:class:`Permutahedron`, with :func:`soft_sort` and :func:`soft_rank`, projections onto it).
-:class:`StochasticSoftmaxTrick` turns any of them into a perturbation model and its relaxation; :mod:`.estimators` holds the
-unrelaxed references (REINFORCE, NVIL, perturbed optimizers).
+:class:`StochasticSoftmaxTrick` turns any of them into a perturbation model and its
+relaxation; :mod:`.estimators` holds the unrelaxed references (REINFORCE, NVIL, perturbed
+optimizers).
 """
 
 from .base import FiniteDifference, Structure
