@@ -26,3 +26,16 @@ def test_quick_setting_and_paper_table_shape():
     assert full.n_values == (5, 10, 15, 80, 100, 120) and full.n_seeds == 3
     assert (0.0, 1.0) in full.test_ranges and len(full.test_ranges) == 7
     assert all(len(row) == 6 for row in PAPER_PROP_ANY_WRONG.values())
+
+
+def test_failed_trainings_are_restarted_and_the_best_by_validation_is_kept(tmp_path):
+    # restart_above < 0 forces every restart: the unit trains 1 + max_restarts networks
+    config = SortingConfig(n_values=(5,), n_seeds=1, min_steps=60, steps_per_item=1,
+                           n_test=50, test_ranges=((0.0, 1.0),), restart_above=-1.0,
+                           max_restarts=2)
+    record = run_experiment(get("sorting"), config, seed=0, out=tmp_path, show_progress=False)
+    metrics = json.loads(record.files.metrics.read_text())["metrics"]
+    (unit,) = metrics["units"]
+    assert unit["restarts"] == 2
+    assert 0.0 <= unit["valid_prop_any_wrong"] <= 1.0
+    assert "restarts per N: 5: 2" in (tmp_path / "sorting" / "report.md").read_text()

@@ -16,6 +16,10 @@ measured to matter at ``N >= 80``:
 - **model selection**: during the last third, the network is scored every ``select_every``
   steps on fresh validation lists (never the test lists) and the best state is kept; Adam's
   late updates can still jump from a state with no errors to one with errors on every list;
+- **restarts**: a training that ends with more than ``restart_above`` of the validation lists
+  wrong is repeated from a new initialisation (at most ``max_restarts`` times) and the best by
+  validation is kept. A failed training is not noise: it locks early into about two swapped
+  neighbouring output positions, which the loss barely sees (measured at N = 100 and 120);
 - **scores in float64 for the hard assignment**: the Hungarian algorithm decides two neighbours
   of a list of 120 numbers U(0, 1), typically 1e-4 apart, from score differences near the
   float32 rounding of scores of magnitude ~100; the trained network (float32 weights) is
@@ -69,6 +73,9 @@ class SortingConfig:
         lr: Adam learning rate (decayed 10x for the last third of the steps).
         select_every: validation interval (steps) for model selection in the last third.
         n_valid: validation lists for model selection.
+        restart_above: retrain from a new initialisation while the validation proportion of
+            lists with any error exceeds this.
+        max_restarts: most retrainings per (N, seed).
         n_test: test lists per distribution.
         test_ranges: the test distributions U(low, high).
         num_threads: torch threads (one is fastest for these small operations).
@@ -87,6 +94,8 @@ class SortingConfig:
     lr: float = 0.01
     select_every: int = 100
     n_valid: int = 200
+    restart_above: float = 0.01
+    max_restarts: int = 2
     n_test: int = 1000
     test_ranges: tuple[tuple[float, float], ...] = tuple(PAPER_PROP_ANY_WRONG)
     num_threads: int = 1
@@ -114,7 +123,10 @@ def _errors(net: SinkhornNetwork, x: torch.Tensor, dtype: torch.dtype) -> dict[s
     }
 
 
-def _train(n: int, config: SortingConfig, generator: torch.Generator) -> SinkhornNetwork:
+def _train(n: int, config: SortingConfig,
+           generator: torch.Generator) -> tuple[SinkhornNetwork, tuple[float, float]]:
+    """Train one network; return it (its best validated state) and its validation score
+    ``(prop. any wrong, prop. wrong)``."""
     torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # init weights
     net = SinkhornNetwork.mlp(n_items=n, in_features=1, hidden=config.hidden)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -143,7 +155,7 @@ def _train(n: int, config: SortingConfig, generator: torch.Generator) -> Sinkhor
                 best, best_state = score, copy.deepcopy(net.state_dict())
     if best_state is not None:
         net.load_state_dict(best_state)
-    return net
+    return net, best
 
 
 def _evaluate(net: SinkhornNetwork, n: int, low: float, high: float, n_test: int,
@@ -165,14 +177,22 @@ def run(config: SortingConfig, ctx: RunContext) -> ExperimentResult:
         n, s = unit
         with torch_threads(config.num_threads):
             start = time.perf_counter()
-            net = _train(n, config, ctx.generator(n, s))
+            net, score = _train(n, config, ctx.generator(n, s))
+            restarts = 0
+            # a failed training is visible on the validation lists: retrain from a new
+            # initialisation and keep the best by validation (never by the test lists)
+            while score[0] > config.restart_above and restarts < config.max_restarts:
+                restarts += 1
+                other, other_score = _train(n, config, ctx.generator(n, s, 20_000 + restarts))
+                if other_score < score:
+                    net, score = other, other_score
             train_s = time.perf_counter() - start
             results = {
                 _range_key(r): _evaluate(net, n, *r, config.n_test, ctx.generator(n, s, 10_000 + i))
                 for i, r in enumerate(config.test_ranges)
             }
         return {"n": n, "seed": s, "steps": config.steps(n), "train_time_s": train_s,
-                "results": results}
+                "restarts": restarts, "valid_prop_any_wrong": score[0], "results": results}
 
     outcomes = ctx.map_units(units, work, key=lambda u: f"N{u[0]}-seed{u[1]}",
                              desc="sorting (N, seed)")
@@ -242,7 +262,10 @@ def run(config: SortingConfig, ctx: RunContext) -> ExperimentResult:
         f"Model selection: in the last third, every {config.select_every} steps, the state "
         f"with the fewest errors on {config.n_valid} fresh validation lists is kept. The hard "
         "assignment scores lists in float64 (float32 numbers in the detail table).",
-        f"Total training time {train_time:.0f} s on {config.num_threads} thread(s).",
+        f"Total training time {train_time:.0f} s on {config.num_threads} thread(s), restarts "
+        "included; restarts per N: " + ", ".join(
+            f"{n}: {sum(o.get('restarts', 0) for o in outcomes if o['n'] == n)}"
+            for n in config.n_values) + ".",
     ]
     metrics = {"summary": summary, "units": outcomes, "criterion_u01_prop_any_wrong_le_0.01":
                criterion, "train_time_s": train_time}
