@@ -17,16 +17,16 @@ import math
 from numbers import Real
 
 import torch
-from torch.distributions import Distribution, constraints
 
-from .._validation import check_positive_int, check_positive_scalar
-from ..solvers.matching import matching
-from .operators import check_scores, gumbel_noise, sinkhorn_operator
+from .._validation import check_positive_int
+from ..structures.permutation import Permutation
+from ..structures.tricks import StochasticSoftmaxTrick
+from .operators import check_scores
 
 __all__ = ["GumbelSinkhorn"]
 
 
-class GumbelSinkhorn(Distribution):
+class GumbelSinkhorn(StochasticSoftmaxTrick):
     r"""Gumbel-Sinkhorn distribution over doubly-stochastic matrices.
 
     Args:
@@ -36,6 +36,9 @@ class GumbelSinkhorn(Distribution):
         n_iter: Sinkhorn rounds per sample.
         straight_through: ``rsample`` returns the hard permutation (Gumbel-matching) in the
             forward pass and the relaxed sample's gradient in the backward pass.
+
+    It is the stochastic softmax trick of :class:`couplings.structures.Permutation` with Gumbel
+    noise (:class:`couplings.structures.StochasticSoftmaxTrick`), under the paper's names.
 
     ``rsample(sample_shape)`` gives relaxed samples ``(*sample_shape, *batch, n, n)`` with
     gradients to ``log_alpha``; ``sample`` gives hard permutation matrices (Hungarian on the same
@@ -57,9 +60,6 @@ class GumbelSinkhorn(Distribution):
         ([1.0, 1.0, 1.0, 1.0], True)
     """
 
-    arg_constraints = {"log_alpha": constraints.real}
-    has_rsample = True
-
     def __init__(
         self,
         log_alpha: torch.Tensor,
@@ -71,51 +71,23 @@ class GumbelSinkhorn(Distribution):
     ):
         check_scores(log_alpha.reshape(-1, *log_alpha.shape[-2:]) if log_alpha.dim() > 3
                      else log_alpha)
-        self.log_alpha = log_alpha
-        self.tau = check_positive_scalar(tau, "tau")
         if isinstance(noise_factor, bool) or not (
             isinstance(noise_factor, Real) and math.isfinite(noise_factor) and noise_factor >= 0
         ):
             raise ValueError(f"noise_factor must be a number >= 0, got {noise_factor!r}.")
-        self.noise_factor = float(noise_factor)
         self.n_iter = check_positive_int(n_iter, "n_iter")
-        self.straight_through = bool(straight_through)
         super().__init__(
-            batch_shape=log_alpha.shape[:-2], event_shape=log_alpha.shape[-2:],
+            Permutation(log_alpha.shape[-1], self.n_iter), log_alpha, tau,
+            noise_scale=float(noise_factor), straight_through=straight_through,
             validate_args=validate_args,
         )
 
-    def _noisy_scores(self, sample_shape, generator) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)  # (*sample, *batch, n, n)
-        scores = self.log_alpha.expand(shape)
-        if self.noise_factor == 0:
-            return scores
-        noise = gumbel_noise(shape, like=self.log_alpha, generator=generator)
-        return scores + self.noise_factor * noise
-
-    @staticmethod
-    def _hard(noisy: torch.Tensor) -> torch.Tensor:
-        n = noisy.shape[-1]
-        flat = noisy.detach().reshape(-1, n, n)
-        return matching(flat).matrix.reshape(noisy.shape)
-
-    def rsample(self, sample_shape=(), *, generator: torch.Generator | None = None):
-        """Relaxed samples ``S((X + G) / tau)``, ``(*sample_shape, *batch, n, n)``; the noise
-        comes from ``generator`` when given (else the global torch RNG)."""
-        noisy = self._noisy_scores(sample_shape, generator)
-        n = noisy.shape[-1]
-        soft = sinkhorn_operator(noisy.reshape(-1, n, n), self.tau, self.n_iter)
-        soft = soft.reshape(noisy.shape)
-        if self.straight_through:
-            return self._hard(noisy) + soft - soft.detach()
-        return soft
-
-    def sample(self, sample_shape=(), *, generator: torch.Generator | None = None):
-        """Hard samples ``M(X + G)`` (Gumbel-matching), permutation matrices, no gradient."""
-        with torch.no_grad():
-            return self._hard(self._noisy_scores(sample_shape, generator))
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """The scores ``(*batch, n, n)``."""
+        return self.theta
 
     @property
-    def mode(self) -> torch.Tensor:
-        """The most likely permutation, the matching ``M(X)``."""
-        return self._hard(self.log_alpha)
+    def noise_factor(self) -> float:
+        """Scale of the Gumbel noise."""
+        return self.noise_scale

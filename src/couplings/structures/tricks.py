@@ -29,6 +29,7 @@ from torch.distributions import Distribution, constraints
 from .._validation import check_choice, check_positive_scalar
 from ..permutations.operators import gumbel_noise
 from .base import FiniteDifference, Structure, check_weights
+from .subsets import Categorical
 
 __all__ = ["StochasticSoftmaxTrick", "perturb"]
 
@@ -52,6 +53,8 @@ def perturb(theta: torch.Tensor, sample_shape=(), *, noise: str = "gumbel",
     """
     noise = check_choice(noise, "noise", NOISES)
     shape = torch.Size(sample_shape) + theta.shape
+    if scale == 0:  # no noise: nothing is drawn from the generator
+        return theta.expand(shape)
     if noise == "normal":
         g = torch.randn(shape, dtype=theta.dtype, device=theta.device, generator=generator)
     else:
@@ -160,8 +163,6 @@ class StochasticSoftmaxTrick(Distribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Log-probability of one-hot ``value`` under Gumbel-max: ``log softmax(theta / s)``."""
-        from .subsets import Categorical
-
         if not isinstance(self.structure, Categorical) or self.noise != "gumbel":
             raise NotImplementedError(
                 "log_prob is exact only for Categorical with Gumbel noise; the perturbation "
@@ -173,5 +174,5 @@ class StochasticSoftmaxTrick(Distribution):
         return (value * logp).sum(-1)
 
     def __repr__(self) -> str:
-        return (f"StochasticSoftmaxTrick({self.structure!r}, tau={self.tau}, reg={self.reg!r}, "
+        return (f"{type(self).__name__}({self.structure!r}, tau={self.tau}, reg={self.reg!r}, "
                 f"noise={self.noise!r}, batch_shape={tuple(self.batch_shape)})")
