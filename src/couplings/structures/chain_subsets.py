@@ -85,7 +85,6 @@ class ChainKSubset(Structure):
         neg = torch.finfo(w.dtype).min / 4  # a finite -inf: no inf - inf in the gradients
         # state (*batch, k+1 counts, 2 last bits): after item 0
         state = torch.full((*batch, self.k + 1, 2), neg, dtype=w.dtype, device=w.device)
-        state = state.clone()
         state[..., 0, 0] = 0.0
         state[..., 1, 1] = u[..., 0]
         for i in range(1, self.d):
