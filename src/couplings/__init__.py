@@ -2,16 +2,24 @@
 
 Entry points: :func:`sinkhorn` (entropic OT), :func:`emd` (exact OT), :func:`matching`
 (Hungarian), :func:`wasserstein_1d` (closed form in 1-D), :func:`sinkhorn_divergence` and
-:class:`SinkhornLoss`; kernel losses :func:`mmd` and :func:`energy_distance`; geometries
-:class:`PointCloud` and :class:`CostMatrix`; ground costs in :mod:`couplings.costs`. The
-``couplings`` command runs the experiments.
+:class:`SinkhornLoss`; kernel losses :func:`mmd` and :func:`energy_distance`; sliced
+Wasserstein (:func:`sliced_wasserstein`) and the OT-GAN loss (:func:`minibatch_energy_distance`);
+geometries :class:`PointCloud` and :class:`CostMatrix`; ground costs in :mod:`couplings.costs`.
+The ``couplings`` command runs the experiments.
 """
 
 from . import costs
 from .divergences import SinkhornLoss, sinkhorn_divergence
 from .geometry import CostMatrix, Geometry, PointCloud
+from .minibatch_energy import MinibatchEnergyDistance, minibatch_energy_distance, split_halves
 from .mmd import MMD, EnergyDistance, energy_distance, mmd
 from .result import ConvergenceWarning, OTResult
+from .sliced import (
+    SlicedWasserstein,
+    max_sliced_wasserstein,
+    random_directions,
+    sliced_wasserstein,
+)
 from .solvers import Implicit, Matching, emd, matching, sinkhorn, wasserstein_1d
 
 __version__ = "0.1.0"
@@ -24,15 +32,22 @@ __all__ = [
     "Implicit",
     "MMD",
     "Matching",
+    "MinibatchEnergyDistance",
     "OTResult",
     "PointCloud",
     "SinkhornLoss",
+    "SlicedWasserstein",
     "costs",
     "emd",
     "energy_distance",
     "matching",
+    "max_sliced_wasserstein",
+    "minibatch_energy_distance",
     "mmd",
+    "random_directions",
     "sinkhorn",
     "sinkhorn_divergence",
+    "sliced_wasserstein",
+    "split_halves",
     "wasserstein_1d",
 ]
