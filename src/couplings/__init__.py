@@ -5,10 +5,11 @@ Entry points: :func:`sinkhorn` (entropic OT), :func:`emd` (exact OT), :func:`mat
 :class:`SinkhornLoss`; kernel losses :func:`mmd` and :func:`energy_distance`; sliced
 Wasserstein (:func:`sliced_wasserstein`) and the OT-GAN loss (:func:`minibatch_energy_distance`);
 geometries :class:`PointCloud` and :class:`CostMatrix`; ground costs in :mod:`couplings.costs`.
-The ``couplings`` command runs the experiments.
+Domain adaptation estimators live in :mod:`couplings.da`. The ``couplings`` command runs the
+experiments.
 """
 
-from . import costs
+from . import costs, da
 from .divergences import SinkhornLoss, sinkhorn_divergence
 from .geometry import CostMatrix, Geometry, PointCloud
 from .minibatch_energy import MinibatchEnergyDistance, minibatch_energy_distance, split_halves
@@ -38,6 +39,7 @@ __all__ = [
     "SinkhornLoss",
     "SlicedWasserstein",
     "costs",
+    "da",
     "emd",
     "energy_distance",
     "matching",
