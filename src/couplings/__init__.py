@@ -1,12 +1,12 @@
 """couplings: optimal transport and latent combinatorial structure for PyTorch.
 
-Entry points: :func:`sinkhorn` (entropic OT), :func:`emd` (exact OT), :func:`matching`
-(Hungarian), :func:`wasserstein_1d` (closed form in 1-D), :func:`sinkhorn_divergence` and
-:class:`SinkhornLoss`; kernel losses :func:`mmd` and :func:`energy_distance`; sliced
-Wasserstein (:func:`sliced_wasserstein`) and the OT-GAN loss (:func:`minibatch_energy_distance`);
-geometries :class:`PointCloud` and :class:`CostMatrix`; ground costs in :mod:`couplings.costs`.
-Domain adaptation estimators live in :mod:`couplings.da`. The ``couplings`` command runs the
-experiments.
+Entry points: :func:`sinkhorn` (entropic OT, balanced or unbalanced), :func:`emd` (exact OT),
+:func:`ipot` (exact OT by proximal point), :func:`matching` (Hungarian), :func:`wasserstein_1d`
+(closed form in 1-D), :func:`sinkhorn_divergence` and :class:`SinkhornLoss`; kernel losses
+:func:`mmd` and :func:`energy_distance`; sliced Wasserstein (:func:`sliced_wasserstein`) and the
+OT-GAN loss (:func:`minibatch_energy_distance`); geometries :class:`PointCloud` and
+:class:`CostMatrix`; ground costs in :mod:`couplings.costs`. Domain adaptation estimators live in
+:mod:`couplings.da`. The ``couplings`` command runs the experiments.
 """
 
 from . import costs, da
@@ -21,7 +21,7 @@ from .sliced import (
     random_directions,
     sliced_wasserstein,
 )
-from .solvers import Implicit, Matching, emd, matching, sinkhorn, wasserstein_1d
+from .solvers import Implicit, Matching, emd, ipot, matching, sinkhorn, wasserstein_1d
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "da",
     "emd",
     "energy_distance",
+    "ipot",
     "matching",
     "max_sliced_wasserstein",
     "minibatch_energy_distance",

@@ -12,13 +12,30 @@ with :math:`\mathrm{OT}_\varepsilon` the entropic cost with relative entropy to
 are equal, and interpolates between OT (:math:`\varepsilon \to 0`) and an MMD
 (:math:`\varepsilon \to \infty`).
 
+For measures of different masses, the unbalanced divergence (Sejourne et al. 2019) uses the
+unbalanced entropic cost :math:`\mathrm{UOT}_{\varepsilon,\rho}` (marginals relaxed by
+:math:`\rho\,\mathrm{KL}`, see :func:`couplings.sinkhorn`'s ``rho``):
+
+.. math::
+
+    S_{\varepsilon,\rho}(\alpha, \beta) = \mathrm{UOT}_{\varepsilon,\rho}(\alpha, \beta)
+        - \tfrac12 \mathrm{UOT}_{\varepsilon,\rho}(\alpha, \alpha)
+        - \tfrac12 \mathrm{UOT}_{\varepsilon,\rho}(\beta, \beta)
+        + \tfrac{\varepsilon}{2} (m(\alpha) - m(\beta))^2,
+
+which tends to the balanced one as :math:`\rho \to \infty` for probability measures.
+
 References:
     Genevay, Peyre and Cuturi, "Learning Generative Models with Sinkhorn Divergences",
     AISTATS 2018. Feydy et al., "Interpolating between Optimal Transport and MMD using Sinkhorn
-    Divergences", AISTATS 2019.
+    Divergences", AISTATS 2019. Sejourne, Feydy, Vialard, Trouve and Peyre, "Sinkhorn
+    Divergences for Unbalanced Optimal Transport", arXiv 1910.12958, 2019.
 """
 
 from __future__ import annotations
+
+import math
+from numbers import Real
 
 import torch
 from torch import nn
@@ -42,6 +59,8 @@ def sinkhorn_divergence(
     max_iter: int = 1000,
     scaling: float | None = None,
     grad: str | Implicit = "envelope",
+    rho: float | None = None,
+    reach: float | None = None,
 ) -> torch.Tensor:
     r"""Debiased Sinkhorn divergence between two weighted point clouds.
 
@@ -57,6 +76,12 @@ def sinkhorn_divergence(
         tol, max_iter, scaling: passed to :func:`~couplings.sinkhorn`.
         grad: differentiation mode of the three solves; ``"envelope"`` (the default) is exact at
             convergence for a value and needs no backward solve.
+        rho: marginal relaxation :math:`\rho > 0` (in the units of the cost) for the unbalanced
+            divergence; ``None`` (default) is balanced. The masses of ``a`` and ``b`` may then
+            differ.
+        reach: the same as a length, as GeomLoss's ``reach``: ``rho = 2 * reach**2`` for the
+            ``"sqeuclidean"`` cost (GeomLoss halves that cost and uses ``reach**2``),
+            ``rho = reach`` for ``"euclidean"``. Give at most one of ``rho`` and ``reach``.
 
     Returns:
         The divergence, ``(B,)`` or a scalar.
@@ -69,15 +94,49 @@ def sinkhorn_divergence(
         0.0
         >>> bool(sinkhorn_divergence(x, x + 1.0, eps=0.5) > 1.5)
         True
+        >>> a = torch.full((100,), 1.5 / 100)  # unbalanced: masses 1.5 and 1
+        >>> float(sinkhorn_divergence(x, x, a, eps=0.5, rho=1.0)) > 0
+        True
     """
-    opts = dict(eps=eps, tol=tol, max_iter=max_iter, scaling=scaling, grad=grad)
+    rho = _resolve_rho(rho, reach, cost)
+    opts = dict(eps=eps, tol=tol, max_iter=max_iter, scaling=scaling, grad=grad, rho=rho)
     xy = PointCloud(x, y, cost)
-    value = sinkhorn(xy, a, b, **opts).value
+    res = sinkhorn(xy, a, b, **opts)
+    value = res.value
     if not debias:
         return value
     xx = sinkhorn(PointCloud(x, x, cost), a, a, symmetric=True, **opts).value
     yy = sinkhorn(PointCloud(y, y, cost), b, b, symmetric=True, **opts).value
-    return value - 0.5 * (xx + yy)
+    div = value - 0.5 * (xx + yy)
+    if rho is not None:  # the mass terms eps m(a) m(b) of the three values, completed
+        ma, mb = res.a.sum(-1), res.b.sum(-1)
+        div = div + 0.5 * eps * (ma - mb) ** 2
+    return div
+
+
+def _resolve_rho(rho, reach, cost) -> float | None:
+    """The unbalanced ``rho`` from ``rho`` or GeomLoss's ``reach``; ``None`` when balanced."""
+    if rho is not None and reach is not None:
+        raise ValueError(f"give rho or reach, not both; got rho={rho!r}, reach={reach!r}.")
+    if reach is None:
+        if rho is not None and (isinstance(rho, bool) or not isinstance(rho, Real)):
+            raise TypeError(
+                f"rho must be a positive number or None for the divergence, got {rho!r} "
+                "(a pair (rho_a, rho_b) is not symmetric; use couplings.sinkhorn for it)."
+            )
+        return None if rho is None or math.isinf(rho) else rho
+    if isinstance(reach, bool) or not isinstance(reach, Real) or not reach > 0:
+        raise ValueError(f"reach must be a number > 0, got {reach!r}.")
+    if math.isinf(reach):
+        return None
+    if cost == "sqeuclidean":
+        return 2.0 * float(reach) ** 2
+    if cost == "euclidean":
+        return float(reach)
+    raise ValueError(
+        f"reach is defined for the 'sqeuclidean' and 'euclidean' costs, got cost={cost!r}; "
+        "give rho (in the units of the cost) instead."
+    )
 
 
 class SinkhornLoss(nn.Module):
@@ -88,7 +147,8 @@ class SinkhornLoss(nn.Module):
         cost: a cost name of :mod:`couplings.costs` or a callable.
         debias: use the debiased divergence (default) or the raw entropic cost.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
-        **solver_options: ``tol``, ``max_iter``, ``scaling``, ``grad``, passed to the solver.
+        **solver_options: ``tol``, ``max_iter``, ``scaling``, ``grad``, and ``rho`` or
+            ``reach`` for the unbalanced divergence, passed to :func:`sinkhorn_divergence`.
 
     Example:
         >>> import torch

@@ -17,8 +17,26 @@ algorithm alternates the two block maximisations of the dual, in the log domain:
     f_i \leftarrow -\varepsilon \log \sum_j b_j e^{(g_j - C_{ij})/\varepsilon}, \qquad
     g_j \leftarrow -\varepsilon \log \sum_i a_i e^{(f_i - C_{ij})/\varepsilon}.
 
+Unbalanced OT relaxes the marginal constraints into KL penalties of strengths
+:math:`\rho_a, \rho_b` (``rho``):
+
+.. math::
+
+    \mathrm{UOT}_\varepsilon(a, b) = \min_{P \geq 0} \langle P, C\rangle
+        + \varepsilon\, \mathrm{KL}(P \,|\, a \otimes b)
+        + \rho_a \mathrm{KL}(P 1 \,|\, a) + \rho_b \mathrm{KL}(P^T 1 \,|\, b)
+    = \max_{f, g} -\rho_a \langle a, e^{-f/\rho_a} - 1\rangle
+        - \rho_b \langle b, e^{-g/\rho_b} - 1\rangle
+        - \varepsilon \langle a \otimes b, e^{(f \oplus g - C)/\varepsilon} - 1\rangle
+
+(generalized KL, :math:`\mathrm{KL}(p|q) = \sum p \log(p/q) - p + q`). The block
+maximisations are the balanced updates damped by :math:`\lambda_a = \rho_a / (\rho_a +
+\varepsilon)` and :math:`\lambda_b = \rho_b / (\rho_b + \varepsilon)`; :math:`\rho = \infty`
+(:math:`\lambda = 1`) is the balanced constraint.
+
 Everything that is an entropic program over the transport polytope (a Sinkhorn divergence, the
-Sinkhorn operator of a permutation layer, a GAN loss) calls :func:`sinkhorn`.
+Sinkhorn operator of a permutation layer, a GAN loss, an IPOT proximal step) calls
+:func:`sinkhorn`.
 """
 
 from __future__ import annotations
@@ -167,13 +185,22 @@ def _eps_schedule(cost: torch.Tensor, eps: float, scaling: float | None) -> list
     return schedule
 
 
+def _damping(rho: float, eps: float) -> float:
+    """``lambda = rho / (rho + eps)``, the factor of the unbalanced updates (1 when balanced)."""
+    return 1.0 if math.isinf(rho) else rho / (rho + eps)
+
+
 def _iterate(
-    cost, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, unroll, symmetric
+    cost, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, unroll, symmetric,
+    rho=(math.inf, math.inf),
 ):
     """Run Sinkhorn; return potentials ``f, g`` ``(B, n), (B, m)``, iterations, error, converged.
 
     Alternating updates return a pair that satisfies the column update exactly (``P^T 1 = b``);
     ``error`` is the row violation ``|P 1 - a|_1`` of that pair, hence the full L1 marginal error.
+    Unbalanced (``rho`` finite), the updates are damped by ``lambda = rho / (rho + eps)`` and
+    ``error`` is the L1 residual of the row optimality condition ``P 1 = a exp(-f / rho_a)``
+    (the column one again holds exactly); it is the marginal error when ``rho_a = inf``.
     For a symmetric problem (``C = C^T``, ``a = b``) the averaged update
     ``f <- (f + T(f)) / 2`` is used instead, which avoids the slow oscillation of the alternating
     one, and ``f = g``. A problem whose error falls below ``tol`` is frozen, so a batch gives the
@@ -188,44 +215,70 @@ def _iterate(
     def g_update(k, u):
         return _g_update(k, u, a, log_a, unroll)
 
+    rho_a, rho_b = rho
     schedule = _eps_schedule(cost, eps, scaling)[-(max_iter - 1) :] if max_iter > 1 else []
     e_cur = schedule[0] if schedule else eps
-    u = cost.new_zeros(bsz, n) if init is None else init[0] / e_cur
     k = cost / e_cur
+    # first update the rows, then the columns, as Sinkhorn-Knopp does; a warm start seeds the
+    # column potential (the row one, for the symmetric update)
+    u = cost.new_zeros(bsz, n) if init is None else init[0] / e_cur
     if symmetric:
         v = u
-    elif init is None:  # first update the rows, then the columns, as Sinkhorn-Knopp does
-        v = cost.new_zeros(bsz, m)
     else:
-        v = g_update(k, u)
+        v = cost.new_zeros(bsz, m) if init is None else init[1] / e_cur
     n_iter = 0
     for e_next in schedule[1:] + [eps]:  # one full iteration per annealing stage
+        lam_a = _damping(rho_a, e_cur)
         if symmetric:
-            u = v = 0.5 * (u + f_update(k, u)) * (e_cur / e_next)
+            u = v = 0.5 * (u + lam_a * f_update(k, u)) * (e_cur / e_next)
             e_cur, k = e_next, cost / e_next
         else:
-            u = f_update(k, v) * (e_cur / e_next)
+            u = lam_a * f_update(k, v) * (e_cur / e_next)
             e_cur, k = e_next, cost / e_next
-            v = g_update(k, u)
+            v = _damping(rho_b, e_cur) * g_update(k, u)
         n_iter += 1
+    lam_a, lam_b = _damping(rho_a, eps), _damping(rho_b, eps)
+    # Unbalanced, the dual changes only by O(t^2 / rho) along translations (f + t, g - t), so
+    # plain iterations drift along them at the slow rate lam_a lam_b. Between the row and the
+    # column update the pair is moved to the best translation, an exact ascent step in closed
+    # form: t / eps = (log <a, e^{-f/rho_a}> - log <b, e^{-g/rho_b}>) / (eps/rho_a + eps/rho_b)
+    # (Sejourne, Vialard and Peyre 2022). The fixed point is unchanged. The symmetric update
+    # contracts translations by (1 - lam) / 2 and needs no such step.
+    kap_a, kap_b = eps / rho_a, eps / rho_b  # 0 on a balanced side
+    translate = not symmetric and kap_a + kap_b > 0
+
+    def translation(u, v):
+        la = torch.logsumexp(log_a - kap_a * u, -1, keepdim=True)
+        lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
+        return (la - lb) / (kap_a + kap_b)  # (B, 1)
 
     active = torch.ones(bsz, dtype=torch.bool, device=cost.device)
     error = cost.new_full((bsz,), math.inf)
-    # row marginal of the current pair: a_i exp(u_i - t_i); twice that when symmetric
+    # row marginal of the current pair: a_i exp(u_i - t_i), whose target is a_i exp(-f_i / rho_a)
+    # = a_i exp(u_i (1 - 1 / lam_a)); twice the violation when symmetric
     weight = 2 * a if symmetric else a
     while True:
         t = f_update(k, v)
         if n_iter >= max_iter or (n_iter >= min_iter and n_iter % check_every == 0):
-            err = (weight * torch.expm1(u - t).abs()).sum(-1).detach()
+            with torch.no_grad():
+                if lam_a == 1.0:
+                    err = (weight * torch.expm1(u - t).abs()).sum(-1)
+                else:
+                    target = weight * torch.exp(u * (1 - 1 / lam_a))
+                    err = (target * torch.expm1(u / lam_a - t).abs()).sum(-1)
             error = torch.where(active, err, error)
             active = active & ~(err <= tol)
             if not bool(active.any()) or n_iter >= max_iter:
                 break
         if symmetric:
-            u = v = torch.where(active.unsqueeze(-1), 0.5 * (u + t), u)
+            u = v = torch.where(active.unsqueeze(-1), 0.5 * (u + lam_a * t), u)
         else:
-            u = torch.where(active.unsqueeze(-1), t, u)
-            v = torch.where(active.unsqueeze(-1), g_update(k, u), v)
+            u_new = lam_a * t if lam_a != 1.0 else t
+            if translate:
+                u_new = u_new + translation(u_new, v)
+            u = torch.where(active.unsqueeze(-1), u_new, u)
+            g_new = g_update(k, u)
+            v = torch.where(active.unsqueeze(-1), lam_b * g_new if lam_b != 1.0 else g_new, v)
         n_iter += 1
     converged = error <= tol
     return u * eps, v * eps, n_iter, error, converged
@@ -355,6 +408,74 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         return grad_cost, grad_a, grad_b, None, None, None, None
 
 
+class _ImplicitUnbalanced(torch.autograd.Function):
+    """Identity on converged unbalanced potentials ``(f, g)``, differentiated by the implicit
+    function theorem.
+
+    The fixed point is ``f = T_1(g) = -lam_a eps log sum_j b_j e^{(g_j - C_ij)/eps}`` and
+    ``g = T_2(f)`` likewise. With ``R`` the row-normalised and ``Q`` the column-normalised plan,
+    the Jacobian of ``(f - T_1(g), g - T_2(f))`` is ``J = [[I, lam_a R], [lam_b Q^T, I]]``; the
+    adjoint ``J^T [x; y] = [grad_f; grad_g]`` is reduced to the smaller side,
+    ``(I - lam_a lam_b Q R^T) x = grad_f - lam_b Q grad_g`` (``Q R^T`` is column-stochastic, so
+    the system is invertible for ``lam_a lam_b < 1``), and solved densely.
+    """
+
+    @staticmethod
+    def forward(ctx, cost, a, b, f, g, eps, lam_a, lam_b):
+        ctx.save_for_backward(cost, a, b, f, g)
+        ctx.eps, ctx.lam = eps, (lam_a, lam_b)
+        return f.clone(), g.clone()
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_g):
+        cost, a, b, f, g = ctx.saved_tensors
+        eps, (lam_a, lam_b) = ctx.eps, ctx.lam
+        grad_f = torch.zeros_like(f) if grad_f is None else grad_f
+        grad_g = torch.zeros_like(g) if grad_g is None else grad_g
+        limit = 0.5 * math.log(torch.finfo(cost.dtype).max)
+        # R_ij = b_j e^{x_ij} / sum_k b_k e^{x_ik}, x = (g - C) / eps; e1 = R / b (finite at b = 0)
+        x1 = (g.unsqueeze(-2) - cost) / eps  # (B, n, m)
+        lse1 = torch.logsumexp(x1 + _safe_log(b).unsqueeze(-2), -1, keepdim=True)
+        e1 = torch.exp((x1 - lse1).clamp_max(limit))
+        r_mat = e1 * b.unsqueeze(-2)
+        x2 = (f.unsqueeze(-1) - cost) / eps  # (B, n, m)
+        lse2 = torch.logsumexp(x2 + _safe_log(a).unsqueeze(-1), -2, keepdim=True)
+        e2 = torch.exp((x2 - lse2).clamp_max(limit))
+        q_mat = e2 * a.unsqueeze(-1)
+        lam = lam_a * lam_b
+
+        def mv(mat, vec):
+            return (mat @ vec.unsqueeze(-1)).squeeze(-1)
+
+        r_t = r_mat.transpose(-2, -1)
+        if f.shape[-1] <= g.shape[-1]:
+            system = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device) - lam * q_mat @ r_t
+            x = torch.linalg.solve(system, grad_f - lam_b * mv(q_mat, grad_g))  # (B, n)
+            y = grad_g - lam_a * mv(r_t, x)  # (B, m)
+        else:
+            system = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device) - lam * r_t @ q_mat
+            y = torch.linalg.solve(system, grad_g - lam_a * mv(r_t, grad_f))
+            x = grad_f - lam_b * mv(q_mat, y)
+        grad_cost = lam_a * x.unsqueeze(-1) * r_mat + lam_b * y.unsqueeze(-2) * q_mat
+        grad_a = -lam_b * eps * mv(e2, y)  # (B, n)
+        grad_b = -lam_a * eps * mv(e1.transpose(-2, -1), x)  # (B, m)
+        return grad_cost, grad_a, grad_b, None, None, None, None, None
+
+
+def _phi(f: torch.Tensor, rho: float) -> torch.Tensor:
+    """``-rho (exp(-f / rho) - 1)``, the dual of ``rho KL(. | a)`` per unit of ``a``; ``f`` when
+    ``rho = inf``."""
+    return f if math.isinf(rho) else -rho * torch.expm1(-f / rho)
+
+
+def _unbalanced_value(cost, a, b, f, g, eps, rho):
+    """The unbalanced dual objective ``<a, phi_a(f)> + <b, phi_b(g)> - eps (m(P) - m(a) m(b))``
+    ``(B,)``; with ``f, g`` held fixed its gradients are Danskin's."""
+    mass = _plan(cost, a, b, f, g, eps).sum((-2, -1))
+    value = (a * _phi(f, rho[0])).sum(-1) + (b * _phi(g, rho[1])).sum(-1)
+    return value - eps * (mass - a.sum(-1) * b.sum(-1))
+
+
 class _EnvelopeValue(torch.autograd.Function):
     """``<a, f> + <b, g>`` with Danskin's gradients: ``P`` for the cost, ``f`` and ``g`` for the
     weights, the potentials held fixed."""
@@ -393,8 +514,9 @@ def _plan(cost, a, b, f, g, eps):
 # the public entry point
 
 
-def _check_init(init, bsz, n, m, batched, like):
-    """Validate a warm start ``(f, g)``; return ``[f, g]`` as ``(B, n)``, ``(B, m)``, detached."""
+def _check_init(init, bsz, n, m, batched, like, keep_grad=False):
+    """Validate a warm start ``(f, g)``; return ``[f, g]`` as ``(B, n)``, ``(B, m)``, detached
+    unless ``keep_grad``."""
     if not (isinstance(init, tuple | list) and len(init) == 2):
         raise TypeError(f"init must be a pair (f, g) of potentials, got {type(init).__name__}.")
     out = []
@@ -405,8 +527,31 @@ def _check_init(init, bsz, n, m, batched, like):
             raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}.")
         check_same_dtype_device(cost=like, **{name.replace(" ", "_"): t})
         check_finite(t, name)
-        out.append(t.detach().reshape(bsz, size))
+        out.append((t if keep_grad else t.detach()).reshape(bsz, size))
     return out
+
+
+def _check_rho(rho) -> tuple[float, float]:
+    """``rho`` as a pair ``(rho_a, rho_b)`` in ``(0, inf]``; ``None`` is balanced."""
+    if rho is None:
+        return math.inf, math.inf
+    pair = tuple(rho) if isinstance(rho, tuple | list) else (rho, rho)
+    if len(pair) != 2:
+        raise ValueError(f"rho must be a number or a pair (rho_a, rho_b), got {rho!r}.")
+    out = []
+    for name, r in zip(("rho_a", "rho_b"), pair, strict=True):
+        if r is None:
+            out.append(math.inf)
+            continue
+        if isinstance(r, torch.Tensor) and r.numel() == 1:
+            r = float(r)
+        if isinstance(r, bool) or not isinstance(r, int | float):
+            raise TypeError(f"{name} must be a positive number or None, got {r!r}.")
+        r = float(r)
+        if math.isnan(r) or r <= 0:
+            raise ValueError(f"{name} must be > 0 (math.inf or None for balanced), got {r!r}.")
+        out.append(r)
+    return out[0], out[1]
 
 
 def sinkhorn(
@@ -423,20 +568,30 @@ def sinkhorn(
     check_every: int = 10,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     symmetric: bool = False,
+    rho: float | tuple[float | None, float | None] | None = None,
 ) -> OTResult:
     r"""Entropic optimal transport by log-domain Sinkhorn iterations.
 
     Solves :math:`\min_{P 1 = a,\, P^T 1 = b,\, P \geq 0} \langle P, C\rangle + \varepsilon\,
     \mathrm{KL}(P | a \otimes b)` and returns its dual potentials, with the plan
-    :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`.
+    :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`. With ``rho``, the marginal
+    constraints are relaxed (unbalanced OT):
+    :math:`\min_{P \geq 0} \langle P, C\rangle + \varepsilon\, \mathrm{KL}(P | a \otimes b)
+    + \rho_a \mathrm{KL}(P 1 | a) + \rho_b \mathrm{KL}(P^T 1 | b)`, solved by the same
+    iterations damped by :math:`\lambda = \rho / (\rho + \varepsilon)`.
 
     Args:
         cost: cost matrix ``(B, n, m)`` or ``(n, m)``, or a :class:`~couplings.Geometry` such as
             ``PointCloud(x, y)``.
         a: first marginal ``(B, n)`` or ``(n,)``, non-negative; ``None`` for uniform ``1/n``.
-        b: second marginal ``(B, m)`` or ``(m,)``, with the same total mass as ``a``.
+        b: second marginal ``(B, m)`` or ``(m,)``, with the same total mass as ``a`` (any
+            positive mass when unbalanced).
         eps: entropic regularization :math:`\varepsilon > 0`, in the units of the cost.
         tol: stop when the L1 marginal error ``|P 1 - a|_1 + |P^T 1 - b|_1`` is ``<= tol``.
+            Unbalanced, the marginals are free and the error is the L1 residual of the
+            optimality conditions ``|P 1 - a e^{-f/rho_a}|_1 + |P^T 1 - b e^{-g/rho_b}|_1``
+            (the fixed-point residual of the iterations, in units of mass; the column term is
+            zero after each column update).
         max_iter: iteration limit, annealing iterations included (the annealing schedule is
             cut from its coarse end to fit). A problem that has not
             converged by then is reported (``converged=False``) and a
@@ -458,18 +613,30 @@ def sinkhorn(
             ``<P, C>`` with ``P`` held fixed).
         check_every: iterations between two convergence checks (a check syncs with the device).
         init: warm start ``(f, g)``, potentials of a nearby problem, shaped like the outputs.
-            Only ``f`` seeds the iterations (``g`` is recomputed from it, or set to it for a
-            symmetric problem); with ``scaling``, ``init`` should be the solution at the first
-            annealing value, so warm starts are best used without scaling.
+            The first iteration updates the rows from ``g`` (``f`` only seeds a symmetric
+            problem), as the scalings of IPOT are warm-started; with ``scaling``, ``init``
+            should be the solution at the first annealing value, so warm starts are best used
+            without scaling. With ``grad="unroll"`` gradients flow into ``init`` (so a chain of
+            warm-started solves is differentiated end to end); otherwise it is detached.
         symmetric: the problem is symmetric (``C = C^T``, ``a = b``, as in the self-transport
             terms of a Sinkhorn divergence): use the averaged update ``f <- (f + T(f)) / 2``,
             which converges far faster there, and return ``f = g``. Checked on input.
+        rho: marginal relaxation for unbalanced OT, :math:`\rho > 0` in the units of the cost:
+            a number (both sides) or a pair ``(rho_a, rho_b)``; ``None`` or ``math.inf`` for a
+            side keeps its constraint (``None``, the default, is balanced OT). All three
+            ``grad`` modes work; unbalanced ``"implicit"`` solves its adjoint system densely
+            (``k x k`` with ``k = min(n, m)``) whatever the :class:`Implicit` options.
 
     Returns:
         :class:`~couplings.OTResult` with potentials ``f`` ``(B, n)``, ``g`` ``(B, m)``
-        (normalized so that ``<a, f> = <b, g>``), ``value`` ``(B,)`` (the entropic cost),
-        lazily computed ``plan`` and ``linear_value`` ``<P, C>``, ``converged``, ``n_iter`` and
-        ``error``. The batch axis is absent for an unbatched call.
+        (normalized so that ``<a, f> = <b, g>``; unbalanced potentials are unique and left as
+        they are), ``value`` ``(B,)`` (the entropic cost), lazily computed ``plan`` and
+        ``linear_value`` ``<P, C>``, ``converged``, ``n_iter`` and ``error``. The batch axis is
+        absent for an unbatched call. Balanced, ``value = <a, f> + <b, g>``; unbalanced, it is
+        the dual objective at the solution,
+        :math:`-\rho_a \langle a, e^{-f/\rho_a} - 1\rangle - \rho_b \langle b, e^{-g/\rho_b}
+        - 1\rangle - \varepsilon (m(P) - m(a) m(b))`, which equals the primal objective above
+        (both tend to the balanced value as ``rho -> inf`` when ``m(a) = m(b) = 1``).
 
     Raises:
         TypeError, ValueError: for inputs of the wrong type, shape, dtype or device, a
@@ -485,14 +652,27 @@ def sinkhorn(
         (True, (50, 60))
         >>> torch.allclose(res.plan.sum(1), torch.full((50,), 1 / 50), atol=1e-6)
         True
+        >>> # unbalanced: masses 2 and 1; the plan moves a compromise mass
+        >>> ub = sinkhorn(PointCloud(x, y), torch.full((50,), 2 / 50), eps=0.1, rho=1.0)
+        >>> bool(ub.converged), 0.5 < float(ub.plan.sum()) < 2
+        (True, True)
 
     Names elsewhere: POT ``reg`` = ``eps``, ``stopThr`` ~ ``tol`` (POT's is an L2 norm on one
     marginal), ``numItermax`` = ``max_iter``; OTT ``epsilon`` = ``eps``, ``threshold`` = ``tol``;
     GeomLoss ``blur**p`` = ``eps`` (with a halved cost for ``p = 2``), ``scaling`` = ``scaling``.
+    Unbalanced: POT ``ot.unbalanced.sinkhorn_unbalanced(a, b, M, reg, reg_m)`` (with its default
+    ``reg_type="kl"``, entropy relative to ``a x b``) has ``reg_m`` = ``rho`` (a pair is
+    ``(rho_a, rho_b)``) and the same plan; OTT's ``tau_a = rho_a / (rho_a + eps)``, i.e.
+    ``rho_a = eps * tau_a / (1 - tau_a)``; GeomLoss ``reach**p`` = ``rho`` in its own cost units:
+    for ``p = 2`` its cost is ``|x - y|^2 / 2``, so with ``cost = |x - y|^2`` here
+    ``eps = 2 * blur**2`` and ``rho = 2 * reach**2`` give twice GeomLoss's objective.
 
     References:
         Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal Transport", NeurIPS 2013.
         Peyre and Cuturi, "Computational Optimal Transport", 2019, sections 4.2-4.4.
+        Chizat, Peyre, Schmitzer and Vialard, "Scaling Algorithms for Unbalanced Transport
+        Problems", Math. Comp. 2018; Sejourne et al., "Sinkhorn Divergences for Unbalanced
+        Optimal Transport", 2019.
     """
     geom = as_geometry(cost)
     eps = check_positive_scalar(eps, "eps")
@@ -511,27 +691,34 @@ def sinkhorn(
         check_choice(grad, "grad", GRAD_MODES)
         implicit_opts = Implicit()
 
+    rho = _check_rho(rho)
+    balanced = math.isinf(rho[0]) and math.isinf(rho[1])
+
     c = geom.cost_matrix()  # (B, n, m)
     bsz, n, m = c.shape
     a = batch_weights(a, n, bsz, geom.batched, c, "a", "the rows (n) of the cost")
     b = batch_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
-    check_equal_mass(a, b)
+    if balanced:
+        check_equal_mass(a, b)
     if symmetric and not (n == m and torch.equal(a, b) and torch.allclose(c, c.transpose(-2, -1))):
         raise ValueError(
             "symmetric=True needs a square symmetric cost and a == b; got "
             f"shape {(n, m)}, a == b: {n == m and torch.equal(a, b)}."
         )
+    if symmetric and rho[0] != rho[1]:
+        raise ValueError(f"symmetric=True needs rho_a == rho_b, got rho = {rho}.")
     if init is not None:
-        init = _check_init(init, bsz, n, m, geom.batched, c)
+        init = _check_init(init, bsz, n, m, geom.batched, c, keep_grad=grad == "unroll")
     if grad == "unroll":
         f, g, n_iter, error, converged = _iterate(
-            c, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, True, symmetric
+            c, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, True, symmetric,
+            rho,
         )
     else:
         with torch.no_grad():
             f, g, n_iter, error, converged = _iterate(
                 c.detach(), a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
-                check_every, init, False, symmetric,
+                check_every, init, False, symmetric, rho,
             )
     if min_iter < max_iter and not bool(converged.all()):
         bad = int((~converged).sum())
@@ -541,6 +728,22 @@ def sinkhorn(
             "Increase max_iter, use scaling=0.9, or increase eps.",
             ConvergenceWarning,
             stacklevel=2,
+        )
+
+    if not balanced:
+        if grad == "implicit":
+            lam_a, lam_b = _damping(rho[0], eps), _damping(rho[1], eps)
+            f, g = _ImplicitUnbalanced.apply(c, a, b, f, g, eps, lam_a, lam_b)
+        elif grad == "envelope":
+            f, g = f.detach(), g.detach()
+        value = _unbalanced_value(c, a, b, f, g, eps, rho)
+        plan_inputs = (c.detach(), a.detach(), b.detach(), f, g) if grad == "envelope" else (
+            c, a, b, f, g
+        )
+        return OTResult.from_batched(
+            geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
+            plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
+            solver="sinkhorn",
         )
 
     if grad == "implicit":
