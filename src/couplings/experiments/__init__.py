@@ -84,6 +84,8 @@ _MODULES = (
     "sst_subset",
     "sst_listops",
     "sst_graph_layout",
+    "otda_moons",
+    "otda_digits",
 )
 for _name in _MODULES:
     register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)
