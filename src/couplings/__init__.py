@@ -3,10 +3,11 @@
 Entry points: :func:`sinkhorn` (entropic OT, balanced or unbalanced), :func:`emd` (exact OT),
 :func:`ipot` (exact OT by proximal point), :func:`matching` (Hungarian), :func:`wasserstein_1d`
 (closed form in 1-D), :func:`sinkhorn_divergence` and :class:`SinkhornLoss`; kernel losses
-:func:`mmd` and :func:`energy_distance`; sliced Wasserstein (:func:`sliced_wasserstein`) and the
-OT-GAN loss (:func:`minibatch_energy_distance`); geometries :class:`PointCloud` and
-:class:`CostMatrix`; ground costs in :mod:`couplings.costs`. Domain adaptation estimators live in
-:mod:`couplings.da`. The ``couplings`` command runs the experiments.
+:func:`mmd` and :func:`energy_distance`; sliced Wasserstein (:func:`sliced_wasserstein`), the
+OT-GAN loss (:func:`minibatch_energy_distance`) and sequence OT losses
+(:func:`soft_copy_ot_loss`); geometries :class:`PointCloud` and :class:`CostMatrix`; ground costs
+in :mod:`couplings.costs`. Domain adaptation estimators live in :mod:`couplings.da`. The
+``couplings`` command runs the experiments.
 """
 
 from . import costs, da
@@ -15,6 +16,7 @@ from .geometry import CostMatrix, Geometry, PointCloud
 from .minibatch_energy import MinibatchEnergyDistance, minibatch_energy_distance, split_halves
 from .mmd import MMD, EnergyDistance, energy_distance, mmd
 from .result import ConvergenceWarning, OTResult
+from .seq_ot import SequenceOTLoss, SoftCopyOTLoss, sequence_ot_loss, soft_copy_ot_loss
 from .sliced import (
     SlicedWasserstein,
     max_sliced_wasserstein,
@@ -36,8 +38,10 @@ __all__ = [
     "MinibatchEnergyDistance",
     "OTResult",
     "PointCloud",
+    "SequenceOTLoss",
     "SinkhornLoss",
     "SlicedWasserstein",
+    "SoftCopyOTLoss",
     "costs",
     "da",
     "emd",
@@ -48,9 +52,11 @@ __all__ = [
     "minibatch_energy_distance",
     "mmd",
     "random_directions",
+    "sequence_ot_loss",
     "sinkhorn",
     "sinkhorn_divergence",
     "sliced_wasserstein",
+    "soft_copy_ot_loss",
     "split_halves",
     "wasserstein_1d",
 ]

@@ -86,6 +86,7 @@ _MODULES = (
     "sst_graph_layout",
     "otda_moons",
     "otda_digits",
+    "seq2seq_ot",
 )
 for _name in _MODULES:
     register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)
