@@ -6,13 +6,21 @@ Entry points: :func:`sinkhorn` (entropic OT, balanced or unbalanced), :func:`emd
 :func:`mmd` and :func:`energy_distance`; sliced Wasserstein (:func:`sliced_wasserstein`), the
 OT-GAN loss (:func:`minibatch_energy_distance`) and sequence OT losses
 (:func:`soft_copy_ot_loss`); geometries :class:`PointCloud` and :class:`CostMatrix`; ground costs
-in :mod:`couplings.costs`. Domain adaptation estimators live in :mod:`couplings.da`. The
-``couplings`` command runs the experiments.
+in :mod:`couplings.costs`. Monge maps: :func:`barycentric_projection`,
+:class:`StochasticDualOT`, :class:`NeuralMongeMap`, :func:`gaussian_monge_map`. Domain adaptation
+estimators live in :mod:`couplings.da`. The ``couplings`` command runs the experiments.
 """
 
 from . import costs, da
 from .divergences import SinkhornLoss, sinkhorn_divergence
 from .geometry import CostMatrix, Geometry, PointCloud
+from .maps import (
+    NeuralMongeMap,
+    StochasticDualOT,
+    barycentric_projection,
+    bures_wasserstein_distance,
+    gaussian_monge_map,
+)
 from .minibatch_energy import MinibatchEnergyDistance, minibatch_energy_distance, split_halves
 from .mmd import MMD, EnergyDistance, energy_distance, mmd
 from .result import ConvergenceWarning, OTResult
@@ -36,16 +44,21 @@ __all__ = [
     "MMD",
     "Matching",
     "MinibatchEnergyDistance",
+    "NeuralMongeMap",
     "OTResult",
     "PointCloud",
     "SequenceOTLoss",
     "SinkhornLoss",
     "SlicedWasserstein",
     "SoftCopyOTLoss",
+    "StochasticDualOT",
+    "barycentric_projection",
+    "bures_wasserstein_distance",
     "costs",
     "da",
     "emd",
     "energy_distance",
+    "gaussian_monge_map",
     "ipot",
     "matching",
     "max_sliced_wasserstein",

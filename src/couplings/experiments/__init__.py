@@ -87,6 +87,7 @@ _MODULES = (
     "otda_moons",
     "otda_digits",
     "seq2seq_ot",
+    "monge_map",
 )
 for _name in _MODULES:
     register(importlib.import_module(f".{_name}", __name__).EXPERIMENT)
