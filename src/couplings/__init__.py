@@ -23,7 +23,7 @@ from .maps import (
 )
 from .minibatch_energy import MinibatchEnergyDistance, minibatch_energy_distance, split_halves
 from .mmd import MMD, EnergyDistance, energy_distance, mmd
-from .result import ConvergenceWarning, OTResult
+from .result import ConvergenceWarning, OTResult, PaddedProblems, pad_problems
 from .seq_ot import SequenceOTLoss, SoftCopyOTLoss, sequence_ot_loss, soft_copy_ot_loss
 from .sliced import (
     SlicedWasserstein,
@@ -46,6 +46,7 @@ __all__ = [
     "MinibatchEnergyDistance",
     "NeuralMongeMap",
     "OTResult",
+    "PaddedProblems",
     "PointCloud",
     "SequenceOTLoss",
     "SinkhornLoss",
@@ -64,6 +65,7 @@ __all__ = [
     "max_sliced_wasserstein",
     "minibatch_energy_distance",
     "mmd",
+    "pad_problems",
     "random_directions",
     "sequence_ot_loss",
     "sinkhorn",

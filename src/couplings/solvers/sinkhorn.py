@@ -190,11 +190,19 @@ def _damping(rho: float, eps: float) -> float:
     return 1.0 if math.isinf(rho) else rho / (rho + eps)
 
 
+# Active-set compaction: once the problems still iterating are at most this fraction of the
+# problems being computed (converged ones are frozen but still computed), the iterations move
+# to a copy of the active problems only, so a batch costs about the sum of its problems rather
+# than B times the slowest. 0 disables it (every problem is computed until the last converges).
+_COMPACT_BELOW = 0.75
+
+
 def _iterate(
     cost, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, unroll, symmetric,
     rho=(math.inf, math.inf),
 ):
-    """Run Sinkhorn; return potentials ``f, g`` ``(B, n), (B, m)``, iterations, error, converged.
+    """Run Sinkhorn; return potentials ``f, g`` ``(B, n), (B, m)``, the iterations (the largest
+    over the batch), error ``(B,)``, converged ``(B,)`` and the iterations of each problem ``(B,)``.
 
     Alternating updates return a pair that satisfies the column update exactly (``P^T 1 = b``);
     ``error`` is the row violation ``|P 1 - a|_1`` of that pair, hence the full L1 marginal error.
@@ -204,17 +212,12 @@ def _iterate(
     For a symmetric problem (``C = C^T``, ``a = b``) the averaged update
     ``f <- (f + T(f)) / 2`` is used instead, which avoids the slow oscillation of the alternating
     one, and ``f = g``. A problem whose error falls below ``tol`` is frozen, so a batch gives the
-    same result as its problems one by one.
+    same result as its problems one by one; once few enough problems are active, the others are
+    dropped from the computation (active-set compaction, by out-of-place indexing, so unrolled
+    gradients stay exact) and their results written back at the end.
     """
     bsz, n, m = cost.shape
     log_a, log_b = _safe_log(a), _safe_log(b)
-
-    def f_update(k, v):
-        return _f_update(k, v, b, log_b, unroll)
-
-    def g_update(k, u):
-        return _g_update(k, u, a, log_a, unroll)
-
     rho_a, rho_b = rho
     schedule = _eps_schedule(cost, eps, scaling)[-(max_iter - 1) :] if max_iter > 1 else []
     e_cur = schedule[0] if schedule else eps
@@ -230,12 +233,12 @@ def _iterate(
     for e_next in schedule[1:] + [eps]:  # one full iteration per annealing stage
         lam_a = _damping(rho_a, e_cur)
         if symmetric:
-            u = v = 0.5 * (u + lam_a * f_update(k, u)) * (e_cur / e_next)
+            u = v = 0.5 * (u + lam_a * _f_update(k, u, b, log_b, unroll)) * (e_cur / e_next)
             e_cur, k = e_next, cost / e_next
         else:
-            u = lam_a * f_update(k, v) * (e_cur / e_next)
+            u = lam_a * _f_update(k, v, b, log_b, unroll) * (e_cur / e_next)
             e_cur, k = e_next, cost / e_next
-            v = _damping(rho_b, e_cur) * g_update(k, u)
+            v = _damping(rho_b, e_cur) * _g_update(k, u, a, log_a, unroll)
         n_iter += 1
     lam_a, lam_b = _damping(rho_a, eps), _damping(rho_b, eps)
     # Unbalanced, the dual changes only by O(t^2 / rho) along translations (f + t, g - t), so
@@ -247,18 +250,18 @@ def _iterate(
     kap_a, kap_b = eps / rho_a, eps / rho_b  # 0 on a balanced side
     translate = not symmetric and kap_a + kap_b > 0
 
-    def translation(u, v):
-        la = torch.logsumexp(log_a - kap_a * u, -1, keepdim=True)
-        lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
-        return (la - lb) / (kap_a + kap_b)  # (B, 1)
-
     active = torch.ones(bsz, dtype=torch.bool, device=cost.device)
+    everyone = True  # whether every problem computed is active (no masking needed)
     error = cost.new_full((bsz,), math.inf)
+    iters = None  # (B,) iterations of the problems that stopped before the last check
+    # the problems being computed, as indices into the batch (None: all of them), and the batch's
+    # results (u, v, error, iters) as of the last compaction
+    index, whole = None, None
     # row marginal of the current pair: a_i exp(u_i - t_i), whose target is a_i exp(-f_i / rho_a)
     # = a_i exp(u_i (1 - 1 / lam_a)); twice the violation when symmetric
     weight = 2 * a if symmetric else a
     while True:
-        t = f_update(k, v)
+        t = _f_update(k, v, b, log_b, unroll)
         if n_iter >= max_iter or (n_iter >= min_iter and n_iter % check_every == 0):
             with torch.no_grad():
                 if lam_a == 1.0:
@@ -266,22 +269,59 @@ def _iterate(
                 else:
                     target = weight * torch.exp(u * (1 - 1 / lam_a))
                     err = (target * torch.expm1(u / lam_a - t).abs()).sum(-1)
-            error = torch.where(active, err, error)
-            active = active & ~(err <= tol)
-            if not bool(active.any()) or n_iter >= max_iter:
+                error = err if everyone else torch.where(active, err, error)
+                if n_iter >= max_iter:
+                    break
+                done = active & (err <= tol)
+                if iters is None:
+                    iters = torch.zeros_like(active, dtype=torch.long)
+                iters = torch.where(done, n_iter, iters)
+                active = active & ~done
+            n_active = int(active.sum())
+            if n_active == 0:
                 break
+            everyone = n_active == active.shape[0]
+            if n_active <= _COMPACT_BELOW * active.shape[0]:
+                keep = active.nonzero().squeeze(-1)
+                if index is None:
+                    index, whole = keep, (u, v, error, iters)
+                else:
+                    whole = tuple(w.index_copy(0, index, x) for w, x in
+                                  zip(whole, (u, v, error, iters), strict=True))
+                    index = index[keep]
+                k, a, b, log_a, log_b, weight = (
+                    x[keep] for x in (k, a, b, log_a, log_b, weight)
+                )
+                u, v, t, error, iters = (x[keep] for x in (u, v, t, error, iters))
+                if symmetric:
+                    v = u
+                active, everyone = active[keep], True
         if symmetric:
-            u = v = torch.where(active.unsqueeze(-1), 0.5 * (u + lam_a * t), u)
+            u_new = 0.5 * (u + lam_a * t)
+            u = v = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
         else:
             u_new = lam_a * t if lam_a != 1.0 else t
             if translate:
-                u_new = u_new + translation(u_new, v)
-            u = torch.where(active.unsqueeze(-1), u_new, u)
-            g_new = g_update(k, u)
-            v = torch.where(active.unsqueeze(-1), lam_b * g_new if lam_b != 1.0 else g_new, v)
+                la = torch.logsumexp(log_a - kap_a * u_new, -1, keepdim=True)
+                lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
+                u_new = u_new + (la - lb) / (kap_a + kap_b)  # (B, 1) translation
+            u = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
+            g_new = _g_update(k, u, a, log_a, unroll)
+            v_new = lam_b * g_new if lam_b != 1.0 else g_new
+            v = v_new if everyone else torch.where(active.unsqueeze(-1), v_new, v)
         n_iter += 1
+    # the problems still active at the end ran every iteration
+    if iters is None:
+        iters = torch.full_like(active, n_iter, dtype=torch.long)
+    else:
+        iters = torch.where(active, n_iter, iters)
+    if index is not None:
+        u, v, error, iters = (w.index_copy(0, index, x) for w, x in
+                              zip(whole, (u, v, error, iters), strict=True))
+        if symmetric:
+            v = u
     converged = error <= tol
-    return u * eps, v * eps, n_iter, error, converged
+    return u * eps, v * eps, n_iter, error, converged, iters
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,6 +620,14 @@ def sinkhorn(
     + \rho_a \mathrm{KL}(P 1 | a) + \rho_b \mathrm{KL}(P^T 1 | b)`, solved by the same
     iterations damped by :math:`\lambda = \rho / (\rho + \varepsilon)`.
 
+    Batches: each problem stops at its own tolerance and is then frozen, so a batch gives what
+    its problems give one by one (``n_iter_per_problem`` included), and once enough problems
+    have converged the iterations run on the active ones only (no per-problem Python loop), so
+    a batch costs about the sum of its problems' iterations. Problems of different sizes are
+    padded with zero weights by :func:`~couplings.pad_problems` and split back by
+    :meth:`~couplings.OTResult.unpad`. One exception: the ``scaling`` schedule starts from the
+    cost range of the whole batch (padding included), which a problem alone may not share.
+
     Args:
         cost: cost matrix ``(B, n, m)`` or ``(n, m)``, or a :class:`~couplings.Geometry` such as
             ``PointCloud(x, y)``.
@@ -631,12 +679,18 @@ def sinkhorn(
         :class:`~couplings.OTResult` with potentials ``f`` ``(B, n)``, ``g`` ``(B, m)``
         (normalized so that ``<a, f> = <b, g>``; unbalanced potentials are unique and left as
         they are), ``value`` ``(B,)`` (the entropic cost), lazily computed ``plan`` and
-        ``linear_value`` ``<P, C>``, ``converged``, ``n_iter`` and ``error``. The batch axis is
-        absent for an unbatched call. Balanced, ``value = <a, f> + <b, g>``; unbalanced, it is
-        the dual objective at the solution,
+        ``linear_value`` ``<P, C>``, ``converged``, ``n_iter`` (the largest over the batch),
+        ``n_iter_per_problem`` ``(B,)`` and ``error``, and a lazily computed convergence
+        certificate: ``primal_value`` (the objective of the plan rounded onto the constraints),
+        ``dual_value`` (the dual objective at ``f, g``) and ``gap`` (their difference, which
+        bounds the distance of both to the exact entropic optimum; see
+        :class:`~couplings.OTResult`). The batch axis is absent for an unbatched call.
+        Balanced, ``value = <a, f> + <b, g>`` (equal to ``dual_value`` for unit masses);
+        unbalanced, it is the dual objective at the solution,
         :math:`-\rho_a \langle a, e^{-f/\rho_a} - 1\rangle - \rho_b \langle b, e^{-g/\rho_b}
         - 1\rangle - \varepsilon (m(P) - m(a) m(b))`, which equals the primal objective above
         (both tend to the balanced value as ``rho -> inf`` when ``m(a) = m(b) = 1``).
+
 
     Raises:
         TypeError, ValueError: for inputs of the wrong type, shape, dtype or device, a
@@ -710,13 +764,13 @@ def sinkhorn(
     if init is not None:
         init = _check_init(init, bsz, n, m, geom.batched, c, keep_grad=grad == "unroll")
     if grad == "unroll":
-        f, g, n_iter, error, converged = _iterate(
+        f, g, n_iter, error, converged, iters = _iterate(
             c, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, True, symmetric,
             rho,
         )
     else:
         with torch.no_grad():
-            f, g, n_iter, error, converged = _iterate(
+            f, g, n_iter, error, converged, iters = _iterate(
                 c.detach(), a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
                 check_every, init, False, symmetric, rho,
             )
@@ -743,7 +797,7 @@ def sinkhorn(
         return OTResult.from_batched(
             geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
             plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
-            solver="sinkhorn",
+            solver="sinkhorn", rho=rho, n_iter_per_problem=iters,
         )
 
     if grad == "implicit":
@@ -762,5 +816,5 @@ def sinkhorn(
     return OTResult.from_batched(
         geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
         plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
-        solver="sinkhorn",
+        solver="sinkhorn", n_iter_per_problem=iters,
     )
