@@ -153,3 +153,20 @@ def check_equal_mass(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> No
             f"{float(ma[i]):.6g} and sum(b) = {float(mb[i]):.6g} (batch entry {i}). Normalize "
             "both, e.g. a / a.sum(-1, keepdim=True), or use unbalanced OT."
         )
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction) -> str:
+    """A loss module's ``reduction`` over the batch: ``"mean"``, ``"sum"`` or ``"none"``."""
+    return check_choice(reduction, "reduction", REDUCTIONS)
+
+
+def reduce_batch(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply a checked ``reduction`` to per-problem ``values`` ``(B,)``."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values

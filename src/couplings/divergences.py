@@ -40,6 +40,7 @@ from numbers import Real
 import torch
 from torch import nn
 
+from ._validation import check_reduction, reduce_batch
 from .geometry import PointCloud
 from .solvers.sinkhorn import Implicit, sinkhorn
 
@@ -166,20 +167,15 @@ class SinkhornLoss(nn.Module):
         **solver_options,
     ):
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
-        self.eps, self.cost, self.debias, self.reduction = eps, cost, debias, reduction
+        self.eps, self.cost, self.debias = eps, cost, debias
+        self.reduction = check_reduction(reduction)
         self.solver_options = solver_options
 
     def forward(self, x, y, a=None, b=None) -> torch.Tensor:
         d = sinkhorn_divergence(
             x, y, a, b, eps=self.eps, cost=self.cost, debias=self.debias, **self.solver_options
         )
-        if self.reduction == "mean":
-            return d.mean()
-        if self.reduction == "sum":
-            return d.sum()
-        return d
+        return reduce_batch(d, self.reduction)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, cost={self.cost!r}, debias={self.debias}"

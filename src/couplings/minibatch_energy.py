@@ -46,17 +46,17 @@ from . import costs as _costs
 from ._validation import (
     as_tensor,
     batch_cost,
-    check_choice,
     check_finite,
     check_float,
     check_positive_scalar,
+    check_reduction,
     check_same_dtype_device,
+    reduce_batch,
 )
 from .solvers.sinkhorn import Implicit, sinkhorn
 
 __all__ = ["MinibatchEnergyDistance", "minibatch_energy_distance", "split_halves"]
 
-REDUCTIONS = ("mean", "sum", "none")
 # the six transport terms of the loss: (first batch, second batch, coefficient)
 TERMS = ((0, 2, 1.0), (0, 3, 1.0), (1, 2, 1.0), (1, 3, 1.0), (0, 1, -2.0), (2, 3, -2.0))
 NAMES = ("x", "x_prime", "y", "y_prime")
@@ -268,7 +268,7 @@ class MinibatchEnergyDistance(nn.Module):
                             "min_iter, scaling, grad, check_every.")
         self.critic = critic
         self.eps, self.cost = check_positive_scalar(eps, "eps"), cost
-        self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
+        self.reduction = check_reduction(reduction)
         self.solver_options = solver_options
         _costs.get(cost)  # an unknown cost name fails here, not at the first call
 
@@ -280,11 +280,7 @@ class MinibatchEnergyDistance(nn.Module):
         x, x_prime, y, y_prime = split_halves(self.features(real), self.features(fake))
         value = minibatch_energy_distance(x, x_prime, y, y_prime, eps=self.eps, cost=self.cost,
                                           **self.solver_options)
-        if self.reduction == "mean":
-            return value.mean()
-        if self.reduction == "sum":
-            return value.sum()
-        return value
+        return reduce_batch(value, self.reduction)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, cost={self.cost!r}"

@@ -61,18 +61,18 @@ from torch import nn
 
 from ._validation import (
     as_tensor,
-    check_choice,
     check_finite,
     check_float,
     check_positive_int,
     check_positive_scalar,
+    check_reduction,
     check_same_dtype_device,
+    reduce_batch,
 )
 from .solvers.ipot import ipot
 
 __all__ = ["SequenceOTLoss", "SoftCopyOTLoss", "sequence_ot_loss", "soft_copy_ot_loss"]
 
-REDUCTIONS = ("mean", "sum", "none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def _check_options(beta, max_iter, n_inner, reduction):
     beta = check_positive_scalar(beta, "beta")
     max_iter = check_positive_int(max_iter, "max_iter")
     n_inner = check_positive_int(n_inner, "n_inner")
-    reduction = check_choice(reduction, "reduction", REDUCTIONS)
+    reduction = check_reduction(reduction)
     return beta, max_iter, n_inner, reduction
 
 
@@ -190,11 +190,9 @@ def _ot_value(x, x_mask, y, y_mask, beta, max_iter, n_inner, grad, reduction, ba
     result = ipot(cost, a, b, beta=beta, max_iter=max_iter, min_iter=max_iter, n_inner=n_inner,
                   grad=grad)
     value = (result.plan * cost).sum((-2, -1))  # <C, T>, (B,)
-    if reduction == "mean":
-        return value.mean()
-    if reduction == "sum":
-        return value.sum()
-    return value if batched else value.squeeze(0)
+    if reduction == "none" and not batched:
+        return value.squeeze(0)
+    return reduce_batch(value, reduction)
 
 
 def soft_copy_ot_loss(

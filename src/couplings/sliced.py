@@ -36,12 +36,13 @@ from torch import nn
 from ._validation import (
     as_tensor,
     batch_weights,
-    check_choice,
     check_equal_mass,
     check_finite,
     check_float,
     check_positive_int,
+    check_reduction,
     check_same_dtype_device,
+    reduce_batch,
 )
 from .costs import _batch_points
 from .solvers.one_d import _check_p, wasserstein_1d
@@ -53,7 +54,6 @@ __all__ = [
     "sliced_wasserstein",
 ]
 
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def random_directions(
@@ -303,17 +303,13 @@ class SlicedWasserstein(nn.Module):
         self.n_projections = check_positive_int(n_projections, "n_projections")
         self.p = _check_p(p)
         self.root = bool(root)
-        self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
+        self.reduction = check_reduction(reduction)
         self.generator = generator
 
     def forward(self, x, y, a=None, b=None) -> torch.Tensor:
         value = sliced_wasserstein(x, y, a, b, n_projections=self.n_projections, p=self.p,
                                    generator=self.generator, root=self.root)
-        if self.reduction == "mean":
-            return value.mean()
-        if self.reduction == "sum":
-            return value.sum()
-        return value
+        return reduce_batch(value, self.reduction)
 
     def extra_repr(self) -> str:
         return f"n_projections={self.n_projections}, p={self.p:g}, root={self.root}"
