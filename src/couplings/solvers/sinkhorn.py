@@ -156,20 +156,25 @@ class _WeightedLogSumExp(torch.autograd.Function):
         return kernel * w, kernel.sum(other, keepdim=True), None, None
 
 
-def _f_update(k, v, b, log_b, exact_weight_grad=False):
-    """Scaled row update ``u_i = -log sum_j b_j exp(v_j - K_ij)``; ``k`` is ``C / eps``."""
+def _f_update(k, v, b, log_b, exact_weight_grad=False, out=None):
+    """Scaled row update ``u_i = -log sum_j b_j exp(v_j - K_ij)``; ``k`` is ``C / eps``.
+
+    ``out``: a ``(B, n, m)`` workspace for the temporary (no autograd), reused across iterations
+    so that a large problem does not allocate (and page-fault) a fresh matrix every update.
+    """
     if exact_weight_grad:
         x = v.unsqueeze(-2) - k  # (B, n, m)
         return -_WeightedLogSumExp.apply(x, b.unsqueeze(-2), log_b.unsqueeze(-2), -1)
-    return -_logsumexp_((v + log_b).unsqueeze(-2) - k, -1)  # (B, n)
+    return -_logsumexp_(torch.sub((v + log_b).unsqueeze(-2), k, out=out), -1)  # (B, n)
 
 
-def _g_update(k, u, a, log_a, exact_weight_grad=False):
-    """Scaled column update ``v_j = -log sum_i a_i exp(u_i - K_ij)``."""
+def _g_update(k, u, a, log_a, exact_weight_grad=False, out=None):
+    """Scaled column update ``v_j = -log sum_i a_i exp(u_i - K_ij)`` (``out`` as in
+    :func:`_f_update`)."""
     if exact_weight_grad:
         x = u.unsqueeze(-1) - k  # (B, n, m)
         return -_WeightedLogSumExp.apply(x, a.unsqueeze(-1), log_a.unsqueeze(-1), -2)
-    return -_logsumexp_((u + log_a).unsqueeze(-1) - k, -2)  # (B, m)
+    return -_logsumexp_(torch.sub((u + log_a).unsqueeze(-1), k, out=out), -2)  # (B, m)
 
 
 def _eps_schedule(cost: torch.Tensor, eps: float, scaling: float | None) -> list[float]:
@@ -222,6 +227,8 @@ def _iterate(
     schedule = _eps_schedule(cost, eps, scaling)[-(max_iter - 1) :] if max_iter > 1 else []
     e_cur = schedule[0] if schedule else eps
     k = cost / e_cur
+    # one (B, n, m) workspace for the updates' temporaries (not when autograd records them)
+    ws = None if unroll else torch.empty_like(k)
     # first update the rows, then the columns, as Sinkhorn-Knopp does; a warm start seeds the
     # column potential (the row one, for the symmetric update)
     u = cost.new_zeros(bsz, n) if init is None else init[0] / e_cur
@@ -233,12 +240,13 @@ def _iterate(
     for e_next in schedule[1:] + [eps]:  # one full iteration per annealing stage
         lam_a = _damping(rho_a, e_cur)
         if symmetric:
-            u = v = 0.5 * (u + lam_a * _f_update(k, u, b, log_b, unroll)) * (e_cur / e_next)
-            e_cur, k = e_next, cost / e_next
+            u = v = 0.5 * (u + lam_a * _f_update(k, u, b, log_b, unroll, ws)) * (e_cur / e_next)
         else:
-            u = lam_a * _f_update(k, v, b, log_b, unroll) * (e_cur / e_next)
-            e_cur, k = e_next, cost / e_next
-            v = _damping(rho_b, e_cur) * _g_update(k, u, a, log_a, unroll)
+            u = lam_a * _f_update(k, v, b, log_b, unroll, ws) * (e_cur / e_next)
+        # k = cost / e_next, in place when nothing records it
+        e_cur, k = e_next, cost / e_next if unroll else torch.div(cost, e_next, out=k)
+        if not symmetric:
+            v = _damping(rho_b, e_cur) * _g_update(k, u, a, log_a, unroll, ws)
         n_iter += 1
     lam_a, lam_b = _damping(rho_a, eps), _damping(rho_b, eps)
     # Unbalanced, the dual changes only by O(t^2 / rho) along translations (f + t, g - t), so
@@ -261,7 +269,7 @@ def _iterate(
     # = a_i exp(u_i (1 - 1 / lam_a)); twice the violation when symmetric
     weight = 2 * a if symmetric else a
     while True:
-        t = _f_update(k, v, b, log_b, unroll)
+        t = _f_update(k, v, b, log_b, unroll, ws)
         if n_iter >= max_iter or (n_iter >= min_iter and n_iter % check_every == 0):
             with torch.no_grad():
                 if lam_a == 1.0:
@@ -296,6 +304,7 @@ def _iterate(
                 if symmetric:
                     v = u
                 active, everyone = active[keep], True
+                ws = None if unroll else torch.empty_like(k)
         if symmetric:
             u_new = 0.5 * (u + lam_a * t)
             u = v = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
@@ -306,7 +315,7 @@ def _iterate(
                 lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
                 u_new = u_new + (la - lb) / (kap_a + kap_b)  # (B, 1) translation
             u = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
-            g_new = _g_update(k, u, a, log_a, unroll)
+            g_new = _g_update(k, u, a, log_a, unroll, ws)
             v_new = lam_b * g_new if lam_b != 1.0 else g_new
             v = v_new if everyone else torch.where(active.unsqueeze(-1), v_new, v)
         n_iter += 1
