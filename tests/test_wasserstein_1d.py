@@ -180,3 +180,25 @@ def test_gradient_matches_monotone_coupling():
 def test_bad_inputs_raise(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         wasserstein_1d(*args, **kwargs)
+
+
+@pytest.mark.parametrize("p", [1, 1.5, 2, 3])
+def test_uniform_equal_size_shortcut_equals_the_general_formula(p):
+    # both weights None and n = m take the sorted-pairs shortcut; explicit uniform weights take
+    # the merged-quantile path: the two must agree, with ties, batched, and in their gradients
+    u = torch.randn(3, 40, generator=_gen(21), dtype=torch.float64)
+    v = torch.randn(3, 40, generator=_gen(22), dtype=torch.float64) * 1.5 + 0.2
+    u[:, :5] = 0.5  # ties inside u, and across u and v
+    v[:, :3] = 0.5
+    uniform = torch.full((3, 40), 1 / 40, dtype=torch.float64)
+    u1, v1 = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    u2, v2 = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    fast = wasserstein_1d(u1, v1, p=p)
+    general = wasserstein_1d(u2, v2, uniform, uniform, p=p)
+    torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-14)
+    fast.sum().backward()
+    general.sum().backward()
+    torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-10, atol=1e-12)
+    cost = (u[0, :, None] - v[0, None, :]).abs() ** p
+    assert fast[0].item() == pytest.approx(emd(cost).value.item(), rel=1e-10)
