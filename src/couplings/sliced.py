@@ -137,6 +137,7 @@ def _projected_costs(x, y, a, b, n_projections, p, projections, generator):
     if n == 0 or m == 0:
         raise ValueError(f"x and y need at least one point each, got n = {n} and m = {m}.")
     p = _check_p(p)
+    uniform = a is None and b is None  # then wasserstein_1d's uniform shortcut applies
     a = batch_weights(a, n, bsz, batched, x, "a", "the points of x")  # (B, n)
     b = batch_weights(b, m, bsz, batched, x, "b", "the points of y")  # (B, m)
     check_equal_mass(a, b)
@@ -153,8 +154,10 @@ def _projected_costs(x, y, a, b, n_projections, p, projections, generator):
     n_dir = theta.shape[-1]
     u = (x @ theta).transpose(-2, -1).reshape(bsz * n_dir, n)  # (B L, n)
     v = (y @ theta).transpose(-2, -1).reshape(bsz * n_dir, m)  # (B L, m)
-    wu = a.unsqueeze(1).expand(bsz, n_dir, n).reshape(bsz * n_dir, n)
-    wv = b.unsqueeze(1).expand(bsz, n_dir, m).reshape(bsz * n_dir, m)
+    wu = wv = None
+    if not uniform:
+        wu = a.unsqueeze(1).expand(bsz, n_dir, n).reshape(bsz * n_dir, n)
+        wv = b.unsqueeze(1).expand(bsz, n_dir, m).reshape(bsz * n_dir, m)
     costs = wasserstein_1d(u, v, wu, wv, p=p).reshape(bsz, n_dir)  # (B, L)
     return costs, p, batched
 
