@@ -77,6 +77,25 @@ def check_positive_scalar(value, name: str, *, allow_none: bool = False) -> floa
     return value
 
 
+def check_nonnegative_scalar(value, name: str) -> float:
+    """A finite real number ``>= 0``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return value
+
+
+def check_nonnegative_int(value, name: str) -> int:
+    """An int ``>= 0`` (an iteration count that may be zero)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    return value
+
+
 def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be a positive int, got {value!r}.")

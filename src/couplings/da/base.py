@@ -26,8 +26,6 @@ Inputs may be numpy arrays or torch tensors; outputs have the type of the input 
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -43,7 +41,7 @@ from .._validation import (
     check_positive_scalar,
 )
 
-__all__ = ["BaseTransport", "NORMS", "check_nonnegative_scalar"]
+__all__ = ["BaseTransport", "NORMS"]
 
 NORMS = (None, "max", "median", "mean")
 MISSING_LABEL = -1
@@ -114,18 +112,6 @@ def _as_labels(y, n: int, name: str, points: str, device) -> torch.Tensor | None
             f"min {int(t.min())}."
         )
     return t.to(device)
-
-
-def check_nonnegative_scalar(value, name: str) -> float:
-    """A finite real number ``>= 0``."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number >= 0, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    return value
 
 
 def _median(c: torch.Tensor) -> torch.Tensor:

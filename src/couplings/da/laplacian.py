@@ -31,9 +31,14 @@ from typing import Any
 import torch
 
 from .. import costs as _costs
-from .._validation import check_choice, check_positive_int, check_positive_scalar
+from .._validation import (
+    check_choice,
+    check_nonnegative_scalar,
+    check_positive_int,
+    check_positive_scalar,
+)
 from ._cg import LINE_SEARCHES, Regularizer, conditional_gradient
-from .base import MISSING_LABEL, BaseTransport, check_nonnegative_scalar
+from .base import MISSING_LABEL, BaseTransport
 
 __all__ = ["LaplacianTransport", "knn_graph", "laplacian_regularizer"]
 

@@ -27,11 +27,16 @@ from typing import Any
 import torch
 
 from .. import costs as _costs
-from .._validation import check_choice, check_positive_int, check_positive_scalar
+from .._validation import (
+    check_choice,
+    check_nonnegative_scalar,
+    check_positive_int,
+    check_positive_scalar,
+)
 from ..result import ConvergenceWarning
 from ..solvers.exact import emd
 from ._cg import Regularizer, conditional_gradient
-from .base import BaseTransport, _to_output, check_nonnegative_scalar
+from .base import BaseTransport, _to_output
 
 __all__ = ["MappingTransport"]
 

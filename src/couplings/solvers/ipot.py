@@ -44,6 +44,7 @@ from .._validation import (
     batch_weights,
     check_choice,
     check_equal_mass,
+    check_nonnegative_int,
     check_positive_int,
     check_positive_scalar,
 )
@@ -145,8 +146,7 @@ def ipot(
     if beta is not None:
         beta = check_positive_scalar(beta, "beta")
     max_iter = check_positive_int(max_iter, "max_iter")
-    if isinstance(min_iter, bool) or not isinstance(min_iter, int) or min_iter < 0:
-        raise ValueError(f"min_iter must be an int >= 0, got {min_iter!r}.")
+    min_iter = check_nonnegative_int(min_iter, "min_iter")
     n_inner = check_positive_int(n_inner, "n_inner")
     tol = check_positive_scalar(tol, "tol")
     check_choice(grad, "grad", ("unroll", "envelope"))

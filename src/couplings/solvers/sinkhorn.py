@@ -53,6 +53,7 @@ from .._validation import (
     check_choice,
     check_equal_mass,
     check_finite,
+    check_nonnegative_int,
     check_positive_int,
     check_positive_scalar,
     check_same_dtype_device,
@@ -741,8 +742,7 @@ def sinkhorn(
     eps = check_positive_scalar(eps, "eps")
     tol = check_positive_scalar(tol, "tol")
     max_iter = check_positive_int(max_iter, "max_iter")
-    if isinstance(min_iter, bool) or not isinstance(min_iter, int) or min_iter < 0:
-        raise ValueError(f"min_iter must be an int >= 0, got {min_iter!r}.")
+    min_iter = check_nonnegative_int(min_iter, "min_iter")
     check_every = check_positive_int(check_every, "check_every")
     if scaling is not None:
         scaling = check_positive_scalar(scaling, "scaling")
