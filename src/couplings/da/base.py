@@ -26,6 +26,7 @@ Inputs may be numpy arrays or torch tensors; outputs have the type of the input 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -126,7 +127,7 @@ def _to_output(t: torch.Tensor, as_numpy: bool):
     return t.detach().cpu().double().numpy() if as_numpy else t
 
 
-class BaseTransport:
+class BaseTransport(ABC):
     """Base class of the domain-adaptation estimators (scikit-learn style).
 
     Subclasses implement :meth:`_fit_coupling`; this class validates the inputs, builds the
@@ -160,9 +161,9 @@ class BaseTransport:
     # ----------------------------------------------------------------------------------------
     # to be implemented
 
-    def _fit_coupling(self, cost, a, b, xs, xt, ys, yt):  # pragma: no cover - abstract
+    @abstractmethod
+    def _fit_coupling(self, cost, a, b, xs, xt, ys, yt):
         """Return the coupling ``(n_s, n_t)`` (torch) and a result object with ``converged``."""
-        raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------
     # fit
