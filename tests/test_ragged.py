@@ -12,6 +12,7 @@ import torch
 
 from couplings import PointCloud, emd, sinkhorn
 from couplings.result import PaddedProblems, pad_problems
+from couplings.solvers._softmin import DenseSoftmin
 
 SK = sys.modules["couplings.solvers.sinkhorn"]  # the module (the package exports the function)
 
@@ -106,13 +107,13 @@ def test_padding_gets_zero_mass():
 def _sizes_seen(monkeypatch):
     """Record the batch sizes the row update is computed on."""
     seen = []
-    original = SK._f_update
+    original = DenseSoftmin.row
 
-    def spy(k, *args, **kwargs):
-        seen.append(k.shape[0])
-        return original(k, *args, **kwargs)
+    def spy(self, v, *args, **kwargs):
+        seen.append(v.shape[0])
+        return original(self, v, *args, **kwargs)
 
-    monkeypatch.setattr(SK, "_f_update", spy)
+    monkeypatch.setattr(DenseSoftmin, "row", spy)
     return seen
 
 

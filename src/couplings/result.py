@@ -85,6 +85,9 @@ class OTResult:
         n_iter_per_problem: iterations each problem of the batch ran before it met its
             tolerance (or stopped), ``(B,)`` int64; ``None`` for a solver that does not report
             it.
+        backend: how the solver evaluated its updates (Sinkhorn: ``"tensorized"``,
+            ``"compiled"`` or ``"online"``, what ``backend="auto"`` chose); ``None`` for a
+            solver without backends.
 
     Computed on first access and cached (each costs ``O(B n m)``):
 
@@ -127,6 +130,7 @@ class OTResult:
     _cost_fn: Callable[[], torch.Tensor] = dataclasses.field(repr=False)
     rho: tuple[float, float] | None = None
     n_iter_per_problem: torch.Tensor | None = None
+    backend: str | None = None
 
     @classmethod
     def from_batched(
@@ -141,15 +145,16 @@ class OTResult:
         a: torch.Tensor,
         b: torch.Tensor,
         plan_fn: Callable[[], torch.Tensor],
-        cost: torch.Tensor,
+        cost: torch.Tensor | Callable[[], torch.Tensor],
         n_iter: int | None,
         eps: float | None,
         solver: str,
         rho: tuple[float, float] | None = None,
         n_iter_per_problem: torch.Tensor | None = None,
+        backend: str | None = None,
     ) -> OTResult:
-        """Build a result from a solver's batched tensors (``(B, ...)``, cost ``(B, n, m)``),
-        removing the batch axis when the call was unbatched."""
+        """Build a result from a solver's batched tensors (``(B, ...)``, cost ``(B, n, m)``, or
+        a function returning it), removing the batch axis when the call was unbatched."""
 
         def shape(t: torch.Tensor) -> torch.Tensor:
             return t if batched else t.squeeze(0)
@@ -157,8 +162,10 @@ class OTResult:
         return cls(
             f=shape(f), g=shape(g), value=shape(value), converged=shape(converged),
             n_iter=n_iter, error=shape(error), a=shape(a), b=shape(b), eps=eps, solver=solver,
-            _plan_fn=lambda: shape(plan_fn()), _cost_fn=lambda: shape(cost), rho=rho,
+            _plan_fn=lambda: shape(plan_fn()),
+            _cost_fn=lambda: shape(cost() if callable(cost) else cost), rho=rho,
             n_iter_per_problem=None if n_iter_per_problem is None else shape(n_iter_per_problem),
+            backend=backend,
         )
 
     @cached_property
@@ -273,7 +280,7 @@ class OTResult:
                 a=self.a[k, :n], b=self.b[k, :m], eps=self.eps, solver=self.solver,
                 _plan_fn=lambda k=k, n=n, m=m: self.plan[k, :n, :m],
                 _cost_fn=lambda k=k, n=n, m=m: self._cost_fn()[k, :n, :m],
-                rho=self.rho, n_iter_per_problem=iters,
+                rho=self.rho, n_iter_per_problem=iters, backend=self.backend,
             ))
         return out
 
@@ -281,7 +288,8 @@ class OTResult:
         shape = tuple(self.f.shape[:-1])
         n, m = self.f.shape[-1], self.g.shape[-1]
         return (
-            f"OTResult(solver={self.solver!r}, batch={shape}, n={n}, m={m}, eps={self.eps}, "
+            f"OTResult(solver={self.solver!r}, backend={self.backend!r}, batch={shape}, n={n}, "
+            f"m={m}, eps={self.eps}, "
             f"n_iter={self.n_iter}, converged={self.converged.tolist()}, "
             f"value={self.value.detach().tolist()})"
         )

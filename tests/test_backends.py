@@ -1,0 +1,213 @@
+"""The Sinkhorn backends (tensorized, compiled, online) solve the same problems to the same
+answers, ``backend="auto"`` picks and reports one, and bad combinations are refused."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from couplings import PointCloud, sinkhorn
+from couplings.solvers import _softmin
+from couplings.solvers import sinkhorn as _sinkhorn_function  # noqa: F401 (the package export)
+
+SK = __import__("sys").modules["couplings.solvers.sinkhorn"]
+F64 = torch.float64
+
+
+def _problem(bsz=2, n=23, m=31, d=3, seed=0, dtype=F64, zeros=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(bsz, n, d, generator=g, dtype=dtype)
+    y = torch.randn(bsz, m, d, generator=g, dtype=dtype) + 0.5
+    a = torch.rand(bsz, n, generator=g, dtype=dtype) + 0.1
+    b = torch.rand(bsz, m, generator=g, dtype=dtype) + 0.1
+    if zeros:
+        a[:, 3], b[:, -2] = 0.0, 0.0
+    return x, y, a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+
+
+def _same(r1, r2, atol, names=("f", "g", "value", "error")):
+    for name in names:
+        torch.testing.assert_close(getattr(r1, name), getattr(r2, name), rtol=0, atol=atol)
+    assert r1.n_iter == r2.n_iter
+    assert torch.equal(r1.n_iter_per_problem, r2.n_iter_per_problem)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [dict(), dict(scaling=0.7, eps=0.05), dict(rho=(2.0, None)), dict(symmetric=True)],
+    ids=["plain", "scaling", "unbalanced", "symmetric"],
+)
+def test_compiled_equals_tensorized(opts):
+    x, y, a, b = _problem()
+    if opts.get("symmetric"):
+        y, b = x, a
+    kw = dict(eps=0.3, tol=1e-10, max_iter=20_000) | opts
+    cost = torch.cdist(x, y) ** 2
+    eager = sinkhorn(cost, a, b, backend="tensorized", **kw)
+    fused = sinkhorn(cost, a, b, backend="compiled", **kw)
+    assert eager.backend == "tensorized" and fused.backend == "compiled"
+    assert bool(fused.converged.all())
+    _same(eager, fused, atol=1e-12)
+    torch.testing.assert_close(eager.plan, fused.plan, rtol=0, atol=1e-13)
+
+
+def test_compiled_float32_and_gradients_match():
+    x, y, a, b = _problem(dtype=torch.float32)
+    cost = (torch.cdist(x, y) ** 2).requires_grad_()
+    eager = sinkhorn(cost, a, b, eps=0.3, tol=1e-5, backend="tensorized")
+    fused = sinkhorn(cost, a, b, eps=0.3, tol=1e-5, backend="compiled")
+    torch.testing.assert_close(eager.value, fused.value, rtol=1e-5, atol=1e-5)
+    (g1,) = torch.autograd.grad(eager.value.sum(), cost)
+    (g2,) = torch.autograd.grad(fused.value.sum(), cost)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_picks_by_size_and_grad_mode():
+    x, y, a, b = _problem(bsz=1, n=10, m=12)
+    assert sinkhorn(PointCloud(x, y), a, b, eps=0.5).backend == "tensorized"
+    g = torch.Generator().manual_seed(1)
+    big = torch.rand(1, 520, 520, generator=g)  # 270 400 entries >= 2**18
+    assert sinkhorn(big, eps=0.5).backend == "compiled"
+    unrolled = sinkhorn(big.double().requires_grad_(), eps=0.5, grad="unroll", max_iter=3,
+                        min_iter=3)
+    assert unrolled.backend == "tensorized"
+
+
+def test_auto_goes_online_when_the_dense_cost_is_too_large(monkeypatch):
+    x, y, a, b = _problem(bsz=1)
+    monkeypatch.setattr(SK, "AUTO_ONLINE_BYTES", 1000)
+    assert sinkhorn(PointCloud(x, y), a, b, eps=0.5).backend == "online"
+    # not when the options need the dense plan
+    assert sinkhorn(PointCloud(x, y), a, b, eps=0.5, rho=1.0).backend != "online"
+    assert sinkhorn(PointCloud(x, y), a, b, eps=0.5, grad="implicit").backend != "online"
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize("block", [None, 40])
+def test_online_equals_dense_and_never_forms_the_matrix(monkeypatch, cost, block):
+    x, y, a, b = _problem()
+    kw = dict(eps=0.4, tol=1e-10, max_iter=20_000)
+    dense = sinkhorn(PointCloud(x, y, cost=cost), a, b, backend="tensorized", grad="envelope",
+                     **kw)
+    if block is not None:  # blocks of 40 entries: one or two rows at a time
+        monkeypatch.setattr(_softmin, "ONLINE_BLOCK", block)
+
+    def refuse(self):
+        raise AssertionError("the online backend built the cost matrix")
+
+    monkeypatch.setattr(PointCloud, "cost_matrix", refuse)
+    online = sinkhorn(PointCloud(x, y, cost=cost), a, b, backend="online", **kw)
+    assert online.backend == "online"
+    _same(dense, online, atol=1e-12)
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "l1"])
+def test_online_gradients_equal_the_dense_envelope(monkeypatch, cost):
+    monkeypatch.setattr(_softmin, "ONLINE_BLOCK", 100)
+    x, y, a, b = _problem()
+    grads = []
+    for backend in ("tensorized", "online"):
+        leaves = [t.clone().requires_grad_() for t in (x, y, a, b)]
+        res = sinkhorn(PointCloud(leaves[0], leaves[1], cost=cost), leaves[2], leaves[3],
+                       eps=0.4, tol=1e-11, max_iter=20_000, grad="envelope", backend=backend)
+        weights = torch.tensor([1.0, -2.5], dtype=F64)  # a different upstream per problem
+        (res.value * weights).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for dense, online in zip(*grads, strict=True):
+        torch.testing.assert_close(dense, online, rtol=0, atol=1e-12)
+
+
+def test_online_gradient_matches_finite_differences():
+    x, y, a, b = _problem(bsz=1, n=8, m=9)
+    x = x.requires_grad_()
+    kw = dict(eps=0.5, tol=1e-13, max_iter=50_000, backend="online")
+    res = sinkhorn(PointCloud(x, y), a, b, **kw)
+    (grad,) = torch.autograd.grad(res.value.sum(), x)
+    h = 1e-6
+    for i, k in [(0, 0), (4, 2), (7, 1)]:
+        bump = torch.zeros_like(x)
+        bump[0, i, k] = h
+        hi = sinkhorn(PointCloud(x.detach() + bump, y), a, b, **kw).value
+        lo = sinkhorn(PointCloud(x.detach() - bump, y), a, b, **kw).value
+        assert abs(float((hi - lo) / (2 * h)) - float(grad[0, i, k])) < 1e-6
+
+
+def test_online_float32_symmetric_and_scaling():
+    x, y, a, b = _problem(dtype=torch.float32, zeros=False)
+    dense = sinkhorn(PointCloud(x, x), a, a, eps=0.2, tol=1e-5, symmetric=True,
+                     backend="tensorized", grad="envelope")
+    online = sinkhorn(PointCloud(x, x), a, a, eps=0.2, tol=1e-5, symmetric=True,
+                      backend="online")
+    torch.testing.assert_close(dense.f, online.f, rtol=0, atol=1e-5)
+    assert torch.equal(online.f, online.g)
+    scaled = sinkhorn(PointCloud(x, y), a, b, eps=0.05, tol=1e-4, scaling=0.8,
+                      backend="online")
+    reference = sinkhorn(PointCloud(x, y), a, b, eps=0.05, tol=1e-4, scaling=0.8,
+                         backend="tensorized")
+    assert bool(scaled.converged.all())
+    torch.testing.assert_close(scaled.value, reference.value, rtol=1e-4, atol=1e-5)
+
+
+def test_online_result_says_what_it_cannot_give():
+    x, y, a, b = _problem(bsz=1)
+    res = sinkhorn(PointCloud(x, y), a, b, eps=0.5, backend="online")
+    for name in ("plan", "linear_value", "gap"):
+        with pytest.raises(ValueError, match="online backend never forms"):
+            getattr(res, name)
+    assert "online" in repr(res)
+
+
+def test_bad_backend_combinations_are_refused():
+    x, y, a, b = _problem(bsz=1)
+    cost = torch.cdist(x, y) ** 2
+    with pytest.raises(ValueError, match="backend"):
+        sinkhorn(cost, a, b, eps=0.5, backend="keops")
+    with pytest.raises(ValueError, match="PointCloud"):
+        sinkhorn(cost, a, b, eps=0.5, backend="online")
+    with pytest.raises(ValueError, match="balanced"):
+        sinkhorn(PointCloud(x, y), a, b, eps=0.5, rho=1.0, backend="online")
+    for grad in ("unroll", "implicit"):
+        with pytest.raises(ValueError, match="envelope"):
+            sinkhorn(PointCloud(x, y), a, b, eps=0.5, grad=grad, backend="online")
+    with pytest.raises(ValueError, match="autograd"):
+        sinkhorn(cost, a, b, eps=0.5, grad="unroll", backend="compiled")
+    with pytest.raises(ValueError, match="x"):
+        sinkhorn(PointCloud(x * math.nan, y), a, b, eps=0.5, backend="online")
+    with pytest.raises(ValueError, match="symmetric"):
+        sinkhorn(PointCloud(x, y), a, b, eps=0.5, symmetric=True, backend="online")
+
+
+def test_a_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(_softmin, "_compiled", {})
+    monkeypatch.setattr(_softmin, "_compile_failure", None)
+    x, y, a, b = _problem()
+    cost = torch.cdist(x, y) ** 2
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        res = sinkhorn(cost, a, b, eps=0.3, tol=1e-10, backend="compiled")
+    assert res.backend == "tensorized"
+    _same(res, sinkhorn(cost, a, b, eps=0.3, tol=1e-10, backend="tensorized"), atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning came once
+        online = sinkhorn(PointCloud(x, y), a, b, eps=0.3, tol=1e-10, backend="online")
+    assert bool(online.converged.all())
+    # auto no longer proposes the compiled kernels
+    assert sinkhorn(torch.rand(1, 520, 520), eps=0.5).backend == "tensorized"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["compiled", "online"])
+def test_cuda_backends_match_cpu(backend):
+    x, y, a, b = _problem(dtype=torch.float32, zeros=False)
+    cpu = sinkhorn(PointCloud(x, y), a, b, eps=0.3, tol=1e-5, backend="tensorized",
+                   grad="envelope")
+    gpu = sinkhorn(PointCloud(x.cuda(), y.cuda()), a.cuda(), b.cuda(), eps=0.3, tol=1e-5,
+                   backend=backend, grad="envelope")
+    assert gpu.backend == backend and gpu.f.device.type == "cuda"
+    torch.testing.assert_close(cpu.value, gpu.value.cpu(), rtol=1e-5, atol=1e-5)
