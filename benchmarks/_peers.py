@@ -166,7 +166,7 @@ def _couplings_has_backend():
 # dense: solve to a marginal tolerance
 
 
-def dense_couplings(task, data, scaling=None):
+def dense_couplings(task, data, scaling=None, backend="auto"):
     torch, dev, dtype, sync = _torch(task)
     import couplings
 
@@ -179,12 +179,14 @@ def dense_couplings(task, data, scaling=None):
     def solve():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", couplings.ConvergenceWarning)
+            kw = dict(backend=backend) if _couplings_has_backend() else {}
             return couplings.sinkhorn(couplings.PointCloud(x, y), a, b, eps=eps, tol=tol,
-                                      max_iter=max_iter, scaling=scaling)
+                                      max_iter=max_iter, scaling=scaling, **kw)
 
     def extract(res):
         return dict(f=_np(res.f), g=_np(res.g), n_iter=int(res.n_iter),
-                    converged=bool(res.converged), reported_error=float(res.error))
+                    converged=bool(res.converged), reported_error=float(res.error),
+                    backend=getattr(res, "backend", None))
 
     return solve, extract, sync
 
@@ -331,6 +333,7 @@ def dense_ott(task, data):
 DENSE = {
     "couplings": dense_couplings,
     "couplings-scaling0.9": lambda t, d: dense_couplings(t, d, scaling=0.9),
+    "couplings-tensorized": lambda t, d: dense_couplings(t, d, backend="tensorized"),
     "pot-np-log": lambda t, d: dense_pot(t, d, "numpy", "sinkhorn_log"),
     "pot-np-kernel": lambda t, d: dense_pot(t, d, "numpy", "sinkhorn"),
     "pot-torch-log": lambda t, d: dense_pot(t, d, "torch", "sinkhorn_log"),
@@ -350,15 +353,18 @@ DENSE = {
 def iteration_runner(task, data, k):
     """A solve of exactly ``k`` log-domain iterations (no early stop); returns ``(solve, sync)``."""
     name, eps = task["solver"], task["eps"]
-    if name == "couplings":
+    if name in ("couplings", "couplings-tensorized"):
         torch, dev, dtype, sync = _torch(task)
         import couplings
 
         x, y = (torch.as_tensor(data[k_], dtype=dtype, device=dev) for k_ in "xy")
+        kw = {}
+        if _couplings_has_backend():
+            kw["backend"] = "tensorized" if name.endswith("tensorized") else "auto"
 
         def solve():
             return couplings.sinkhorn(couplings.PointCloud(x, y), eps=eps, tol=1e-30,
-                                      min_iter=k, max_iter=k).f
+                                      min_iter=k, max_iter=k, **kw).f
 
         return solve, sync
     if name in ("pot-np-log", "pot-torch-log"):

@@ -185,7 +185,21 @@ def run_kernel(name: str, *args, compiled: bool = True) -> tuple[torch.Tensor, b
 # the update objects the Sinkhorn loop iterates with
 
 
-class DenseSoftmin:
+class Softmin:
+    """What the loop needs beyond ``row`` and ``col``: reductions over the row index ``i`` of a
+    ``(B, n)`` tensor. A single process sums locally; a sharded solve (each process holding a
+    block of the rows, :mod:`couplings.distributed`) reduces across processes."""
+
+    def row_total(self, z: torch.Tensor) -> torch.Tensor:
+        """``sum_i z_i`` ``(B,)``."""
+        return z.sum(-1)
+
+    def row_logsumexp(self, z: torch.Tensor) -> torch.Tensor:
+        """``log sum_i exp(z_i)`` ``(B, 1)``."""
+        return torch.logsumexp(z, -1, keepdim=True)
+
+
+class DenseSoftmin(Softmin):
     """The updates on a dense cost ``(B, n, m)``, eager (``compiled=False``) or compiled.
 
     The eager form keeps ``k = C / e`` and one ``(B, n, m)`` workspace for the updates'
@@ -262,7 +276,7 @@ def _blocks(total: int, per_item: int, block: int):
     return [slice(i, min(i + step, total)) for i in range(0, total, step)]
 
 
-class OnlineSoftmin:
+class OnlineSoftmin(Softmin):
     """The updates on two point clouds ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)`` and a cost
     function, block by block: memory ``O((n + m) d + block)``.
 

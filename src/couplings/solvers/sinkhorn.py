@@ -203,10 +203,10 @@ def _iterate(
         if n_iter >= max_iter or (n_iter >= min_iter and n_iter % check_every == 0):
             with torch.no_grad():
                 if lam_a == 1.0:
-                    err = (weight * torch.expm1(u - t).abs()).sum(-1)
+                    err = ops.row_total(weight * torch.expm1(u - t).abs())
                 else:
                     target = weight * torch.exp(u * (1 - 1 / lam_a))
-                    err = (target * torch.expm1(u / lam_a - t).abs()).sum(-1)
+                    err = ops.row_total(target * torch.expm1(u / lam_a - t).abs())
                 error = err if everyone else torch.where(active, err, error)
                 if n_iter >= max_iter:
                     break
@@ -239,7 +239,7 @@ def _iterate(
         else:
             u_new = lam_a * t if lam_a != 1.0 else t
             if translate:
-                la = torch.logsumexp(log_a - kap_a * u_new, -1, keepdim=True)
+                la = ops.row_logsumexp(log_a - kap_a * u_new)
                 lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
                 u_new = u_new + (la - lb) / (kap_a + kap_b)  # (B, 1) translation
             u = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
