@@ -42,6 +42,14 @@ def safe_log(w: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.log(torch.where(pos, w, torch.ones_like(w))), -math.inf)
 
 
+# the one-pass compiled update is kept when its shift lands this close (in log units) to the
+# log-sum-exp it stands in for: exp(+-44) neither overflows nor loses the terms that matter in
+# float32
+SHIFT_LIMIT = 44.0
+
+# how far (in units of eps) the potentials may move from the kernel path's anchors
+KERNEL_LIMIT = 30.0
+
 # entries of one block of the online backend (``B * rows * m``): 16 MiB in float32
 ONLINE_BLOCK = 1 << 22
 
@@ -116,6 +124,28 @@ def _dense_cols(h, cost, scale):
     return _softmin(h.unsqueeze(-1) - cost * scale, -2)
 
 
+def _dense_rows_shifted(h, cost, scale, shift):
+    """One pass: ``(-lse_j(h_j - scale C_ij), log sum_j exp(h_j - scale C_ij - shift_i))``.
+
+    ``shift`` ``(B, n)`` stands in for the max (the previous result, negated), so the cost is
+    read once instead of twice; the second output says how far off it was (the caller falls
+    back to the two-pass kernel when it is not small)."""
+    log_total = torch.log(torch.exp(h.unsqueeze(-2) - cost * scale - shift.unsqueeze(-1)).sum(-1))
+    return -(log_total + shift), log_total
+
+
+def _dense_cols_shifted(h, cost, scale, shift):
+    """The column form of :func:`_dense_rows_shifted`: ``shift`` ``(B, m)``."""
+    log_total = torch.log(torch.exp(h.unsqueeze(-1) - cost * scale - shift.unsqueeze(-2)).sum(-2))
+    return -(log_total + shift), log_total
+
+
+def _absorb(alpha, beta, cost, scale):
+    """The stabilized kernel ``exp(alpha_i + beta_j - scale C_ij)`` ``(B, n, m)`` (floored)."""
+    z = alpha.unsqueeze(-1) + beta.unsqueeze(-2) - cost * scale
+    return torch.exp(z.clamp_min(EXP_FLOOR))
+
+
 def _sqdist(x, yt):
     """``|x_i - y_j|^2`` ``(B, n, m)`` from ``x`` ``(B, n, d)`` and ``yt`` ``(B, d, m)``, by
     differences (no cancellation), written per coordinate so that the compiler fuses it into
@@ -148,6 +178,9 @@ def _sqeuclidean_pull(f, h, x, yt, scale):
 _KERNELS = {
     "dense_rows": _dense_rows,
     "dense_cols": _dense_cols,
+    "dense_rows_shifted": _dense_rows_shifted,
+    "dense_cols_shifted": _dense_cols_shifted,
+    "absorb": _absorb,
     "sqeuclidean_rows": _sqeuclidean_rows,
     "sqeuclidean_pull": _sqeuclidean_pull,
 }
@@ -215,6 +248,8 @@ class DenseSoftmin(Softmin):
                              "backend='tensorized' with grad='unroll'.")
         self.cost, self.unroll, self.compiled = cost, unroll, compiled
         self.eps = eps
+        # the compiled updates' previous results, the shifts of their one-pass form
+        self.prev = {"dense_rows": None, "dense_cols": None}
         if not compiled:
             self.k = cost / eps
             self.ws = None if unroll else torch.empty_like(self.k)
@@ -227,7 +262,9 @@ class DenseSoftmin(Softmin):
         return torch.tensor(1.0 / self.eps, dtype=self.cost.dtype, device=self.cost.device)
 
     def set_eps(self, eps: float):
-        self.eps = eps
+        ratio, self.eps = self.eps / eps, eps
+        # potentials in units of eps scale by e_old / e_new: so do the shifts
+        self.prev = {k: None if p is None else p * ratio for k, p in self.prev.items()}
         if not self.compiled:
             self.k = self.cost / eps if self.unroll else torch.div(self.cost, eps, out=self.k)
 
@@ -235,11 +272,20 @@ class DenseSoftmin(Softmin):
         return float((self.cost.amax() - self.cost.amin()).detach())
 
     def _fused(self, name, h):
-        out, ok = run_kernel(name, h, self.cost, self._scale())
+        """The compiled update ``name``: one pass shifted by the previous result when that
+        lands within ``SHIFT_LIMIT`` of the true log-sum-exp, else the two-pass kernel."""
+        scale, prev = self._scale(), self.prev[name]
+        if prev is not None:
+            (out, log_total), ok = run_kernel(f"{name}_shifted", h, self.cost, scale, -prev)
+            if ok and bool((log_total.abs() <= SHIFT_LIMIT).all()):
+                self.prev[name] = out
+                return out
+        out, ok = run_kernel(name, h, self.cost, scale)
         if not ok:  # compilation failed: this object is eager from now on
             self.compiled = False
             self.k = self.cost / self.eps
             self.ws = torch.empty_like(self.k)
+        self.prev[name] = out if ok else None
         return out
 
     def row(self, v, b, log_b):
@@ -265,9 +311,95 @@ class DenseSoftmin(Softmin):
     def select(self, keep: torch.Tensor):
         """Keep problems ``keep`` of the batch (out of place: unrolled gradients stay exact)."""
         self.cost = self.cost[keep]
+        self.prev = {k: None if p is None else p[keep] for k, p in self.prev.items()}
         if not self.compiled:
             self.k = self.k[keep]
             self.ws = None if self.unroll else torch.empty_like(self.k)
+
+
+class KernelSoftmin(DenseSoftmin):
+    r"""The updates at matrix-vector speed: the stabilized kernel domain, with the compiled
+    log-domain updates as the fallback.
+
+    With anchors ``alpha`` ``(B, n)``, ``beta`` ``(B, m)`` (potentials in units of ``e``, absorbed
+    at some earlier update) and the kernel ``K_ij = exp(alpha_i + beta_j - C_ij / e)`` (the plan
+    divided by ``a_i b_j`` at the anchors, entries at most about ``1 / max(a_i, b_j)``),
+
+    .. math::
+
+        t_i = \alpha_i - \log \sum_j K_{ij}\, b_j e^{v_j - \beta_j}, \qquad
+        s_j = \beta_j - \log \sum_i K_{ij}\, a_i e^{u_i - \alpha_i},
+
+    one batched matrix-vector product per update instead of an exp per entry. It is safe while
+    the potentials stay within ``KERNEL_LIMIT = 30`` of the anchors and the sums stay within
+    ``exp(+-30)``: kernel entries floored at ``exp(-80)`` (or lost to underflow) then weigh at
+    most ``exp(-50)`` beside the terms that matter, in any dtype. An update that leaves that
+    range is recomputed in the log domain and the current potentials are absorbed into a new
+    kernel (one exp pass). After a
+    failed attempt the next ``backoff`` updates (doubling up to 64 while attempts fail, as at a
+    small ``eps`` far from convergence) go to the log domain directly, so the path costs at most
+    a few percent over pure log-domain iterations where it cannot help. Every change of ``e``
+    (epsilon scaling) invalidates the kernel.
+    """
+
+    def __init__(self, cost: torch.Tensor, eps: float):
+        super().__init__(cost, eps, unroll=False, compiled=compile_available())
+        self.limit = KERNEL_LIMIT
+        self.kt = self.alpha = self.beta = None
+        self.skip, self.backoff = 0, 1
+        self.n_matvec = self.n_log = self.n_absorb = 0  # counts, for benchmarks and tests
+
+    @property
+    def backend(self) -> str:
+        return "kernel"
+
+    def set_eps(self, eps: float):
+        super().set_eps(eps)
+        self.kt = self.alpha = self.beta = None
+
+    def select(self, keep: torch.Tensor):
+        super().select(keep)
+        if self.kt is not None:
+            self.kt, self.alpha, self.beta = self.kt[keep], self.alpha[keep], self.beta[keep]
+
+    def _matvec(self, pot, anchor, weights, other_anchor, rows: bool):
+        """The kernel-domain update, or ``None`` when it is not safe here."""
+        dev = torch.where(weights > 0, pot - anchor, torch.zeros_like(pot))
+        if not bool(dev.abs().amax() <= self.limit):
+            return None
+        w = (weights * torch.exp(dev)).unsqueeze(-1)
+        kt = self.kt if rows else self.kt.transpose(-2, -1)
+        total = torch.bmm(kt, w).squeeze(-1)  # (B, n) for the rows, (B, m) for the columns
+        lo, hi = math.exp(-self.limit), math.exp(self.limit)
+        if not bool(((total >= lo) & (total <= hi)).all()):
+            return None
+        return other_anchor - torch.log(total)
+
+    def _update(self, rows: bool, pot, weights, log_w):
+        if self.kt is not None and self.skip == 0:
+            out = (self._matvec(pot, self.beta, weights, self.alpha, True) if rows else
+                   self._matvec(pot, self.alpha, weights, self.beta, False))
+            if out is not None:
+                self.backoff = 1
+                self.n_matvec += 1
+                return out
+            self.skip, self.backoff = self.backoff, min(2 * self.backoff, 64)
+        self.n_log += 1
+        out = super().row(pot, weights, log_w) if rows else super().col(pot, weights, log_w)
+        self.skip = max(0, self.skip - 1)
+        if self.skip == 0:  # absorb the current potentials: (t, v) or (u, s)
+            alpha, beta = (out, pot) if rows else (pot, out)
+            self.kt, _ = run_kernel("absorb", alpha, beta, self.cost, self._scale(),
+                                    compiled=self.compiled)
+            self.alpha, self.beta = alpha, beta
+            self.n_absorb += 1
+        return out
+
+    def row(self, v, b, log_b):
+        return self._update(True, v, b, log_b)
+
+    def col(self, u, a, log_a):
+        return self._update(False, u, a, log_a)
 
 
 def _blocks(total: int, per_item: int, block: int):
