@@ -334,6 +334,7 @@ DENSE = {
     "couplings": dense_couplings,
     "couplings-scaling0.9": lambda t, d: dense_couplings(t, d, scaling=0.9),
     "couplings-tensorized": lambda t, d: dense_couplings(t, d, backend="tensorized"),
+    "couplings-compiled": lambda t, d: dense_couplings(t, d, backend="compiled"),
     "pot-np-log": lambda t, d: dense_pot(t, d, "numpy", "sinkhorn_log"),
     "pot-np-kernel": lambda t, d: dense_pot(t, d, "numpy", "sinkhorn"),
     "pot-torch-log": lambda t, d: dense_pot(t, d, "torch", "sinkhorn_log"),
@@ -353,14 +354,14 @@ DENSE = {
 def iteration_runner(task, data, k):
     """A solve of exactly ``k`` log-domain iterations (no early stop); returns ``(solve, sync)``."""
     name, eps = task["solver"], task["eps"]
-    if name in ("couplings", "couplings-tensorized"):
+    if name in ("couplings", "couplings-tensorized", "couplings-compiled"):
         torch, dev, dtype, sync = _torch(task)
         import couplings
 
         x, y = (torch.as_tensor(data[k_], dtype=dtype, device=dev) for k_ in "xy")
         kw = {}
         if _couplings_has_backend():
-            kw["backend"] = "tensorized" if name.endswith("tensorized") else "auto"
+            kw["backend"] = "auto" if name == "couplings" else name.split("-")[1]
 
         def solve():
             return couplings.sinkhorn(couplings.PointCloud(x, y), eps=eps, tol=1e-30,

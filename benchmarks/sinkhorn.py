@@ -86,12 +86,13 @@ HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_peers.py"
 
 DENSE_SOLVERS = (
-    "couplings", "couplings-scaling0.9", "couplings-tensorized", "pot-np-log", "pot-np-kernel",
+    "couplings", "couplings-scaling0.9", "couplings-compiled", "couplings-tensorized",
+    "pot-np-log", "pot-np-kernel",
     "pot-torch-log", "pot-torch-log-l2tol", "pot-torch-kernel", "geomloss-0.5", "geomloss-0.9",
     "ott-jit",
 )
-ITERATION_SOLVERS = ("couplings", "couplings-tensorized", "ott-jit", "pot-torch-log",
-                     "pot-np-log", "geomloss")
+ITERATION_SOLVERS = ("couplings", "couplings-compiled", "couplings-tensorized", "ott-jit",
+                     "pot-torch-log", "pot-np-log", "geomloss")
 BATCHED_SOLVERS = ("couplings-batched", "couplings-loop", "torch-reference", "pot-batch",
                    "ott-vmap")
 ONLINE_SOLVERS = ("couplings", "ott-online", "geomloss-online", "pot-lazy")
