@@ -38,4 +38,5 @@ def test_failed_trainings_are_restarted_and_the_best_by_validation_is_kept(tmp_p
     (unit,) = metrics["units"]
     assert unit["restarts"] == 2
     assert 0.0 <= unit["valid_prop_any_wrong"] <= 1.0
+    assert 0.0 <= unit["check_prop_any_wrong"] <= 1.0
     assert "restarts per N: 5: 2" in (tmp_path / "sorting" / "report.md").read_text()

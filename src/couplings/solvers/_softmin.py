@@ -50,8 +50,15 @@ SHIFT_LIMIT = 44.0
 # how far (in units of eps) the potentials may move from the kernel path's anchors
 KERNEL_LIMIT = 30.0
 
-# entries of one block of the online backend (``B * rows * m``): 16 MiB in float32
+# entries of one block of the online backend (``B * rows * m``): 16 MiB in float32 on a CPU
+# (cache-sized); 16x more on a GPU, where each block is a kernel launch
 ONLINE_BLOCK = 1 << 22
+ONLINE_BLOCK_GPU = 1 << 26
+
+
+def online_block(device: torch.device) -> int:
+    """Entries per block of the online backend on ``device``."""
+    return ONLINE_BLOCK if device.type == "cpu" else ONLINE_BLOCK_GPU
 
 
 def _shifted_exp_(z: torch.Tensor, dim: int):
@@ -421,7 +428,7 @@ class OnlineSoftmin(Softmin):
     def __init__(self, x, y, cost_fn, eps: float, *, sqeuclidean: bool, block: int | None = None):
         self.x, self.y, self.cost_fn = x, y, cost_fn
         self.sqeuclidean, self.eps = sqeuclidean, eps
-        self.block = ONLINE_BLOCK if block is None else block
+        self.block = online_block(x.device) if block is None else block
         self.compiled = compile_available()
         self._transpose()
 

@@ -594,7 +594,8 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
         f, g = f - shift.unsqueeze(-1), g + shift.unsqueeze(-1)
     if min_iter < max_iter and not bool(converged.all()):
         _warn_not_converged(converged, error, tol, n_iter, eps, bsz, stacklevel=3)
-    value = OnlineEnvelope.apply(x, y, a, b, f, g, eps, geom.cost_fn, sq, _softmin.ONLINE_BLOCK)
+    value = OnlineEnvelope.apply(x, y, a, b, f, g, eps, geom.cost_fn, sq,
+                                 _softmin.online_block(x.device))
     return OTResult.from_batched(
         geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
         plan_fn=_online_only("plan"), cost=_online_only("cost matrix (nor linear_value, "
