@@ -7,9 +7,8 @@ import warnings
 import pytest
 import torch
 
-from couplings import PointCloud, sinkhorn
+from couplings import PointCloud, SinkhornLoss, sinkhorn, sinkhorn_divergence
 from couplings.solvers import _softmin
-from couplings.solvers import sinkhorn as _sinkhorn_function  # noqa: F401 (the package export)
 
 SK = __import__("sys").modules["couplings.solvers.sinkhorn"]
 F64 = torch.float64
@@ -182,6 +181,24 @@ def test_online_float32_symmetric_and_scaling():
                          backend="tensorized")
     assert bool(scaled.converged.all())
     torch.testing.assert_close(scaled.value, reference.value, rtol=1e-4, atol=1e-5)
+
+
+def test_online_divergence_and_loss_equal_dense(monkeypatch):
+    monkeypatch.setattr(_softmin, "ONLINE_BLOCK", 200)
+    x, y, a, b = _problem()
+    values, grads = [], []
+    for backend in ("tensorized", "online"):
+        xx = x.clone().requires_grad_()
+        d = sinkhorn_divergence(xx, y, a, b, eps=0.3, tol=1e-11, max_iter=20_000,
+                                backend=backend)
+        d.sum().backward()
+        values.append(d.detach())
+        grads.append(xx.grad)
+    torch.testing.assert_close(values[0], values[1], rtol=0, atol=1e-11)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-11)
+    assert bool((values[1] > 0).all())
+    loss = SinkhornLoss(eps=0.3, backend="online", tol=1e-11, max_iter=20_000)
+    torch.testing.assert_close(loss(x, y, a, b), values[1].mean(), rtol=0, atol=1e-11)
 
 
 def test_online_result_says_what_it_cannot_give():

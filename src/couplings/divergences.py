@@ -62,6 +62,7 @@ def sinkhorn_divergence(
     grad: str | Implicit = "envelope",
     rho: float | None = None,
     reach: float | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     r"""Debiased Sinkhorn divergence between two weighted point clouds.
 
@@ -83,6 +84,8 @@ def sinkhorn_divergence(
         reach: the same as a length, as GeomLoss's ``reach``: ``rho = 2 * reach**2`` for the
             ``"sqeuclidean"`` cost (GeomLoss halves that cost and uses ``reach**2``),
             ``rho = reach`` for ``"euclidean"``. Give at most one of ``rho`` and ``reach``.
+        backend: how the three solves evaluate their updates (see :func:`couplings.sinkhorn`);
+            ``"online"`` never forms an ``n x m`` matrix (balanced, ``grad="envelope"``).
 
     Returns:
         The divergence, ``(B,)`` or a scalar.
@@ -100,7 +103,8 @@ def sinkhorn_divergence(
         True
     """
     rho = _resolve_rho(rho, reach, cost)
-    opts = dict(eps=eps, tol=tol, max_iter=max_iter, scaling=scaling, grad=grad, rho=rho)
+    opts = dict(eps=eps, tol=tol, max_iter=max_iter, scaling=scaling, grad=grad, rho=rho,
+                backend=backend)
     xy = PointCloud(x, y, cost)
     res = sinkhorn(xy, a, b, **opts)
     value = res.value
