@@ -113,7 +113,6 @@ from ._validation import (
     check_float,
     check_nonnegative_int,
     check_positive_int,
-    check_positive_scalar,
     check_same_dtype_device,
 )
 from .geometry import as_geometry
@@ -123,6 +122,7 @@ from .solvers._softmin import DenseSoftmin, Softmin
 from .solvers.sinkhorn import (
     AUTO_COMPILED_ENTRIES,
     _check_init,
+    _check_loop_options,
     _check_rho,
     _iterate,
     _phi,
@@ -440,15 +440,9 @@ def sinkhorn(
 
     failure = None
     try:
-        eps = check_positive_scalar(eps, "eps")
-        tol = check_positive_scalar(tol, "tol")
-        max_iter = check_positive_int(max_iter, "max_iter")
-        min_iter = check_nonnegative_int(min_iter, "min_iter")
-        check_every = check_positive_int(check_every, "check_every")
-        if scaling is not None:
-            scaling = check_positive_scalar(scaling, "scaling")
-            if scaling >= 1:
-                raise ValueError(f"scaling must be in (0, 1) or None, got {scaling!r}.")
+        eps, tol, max_iter, min_iter, check_every, scaling = _check_loop_options(
+            eps, tol, max_iter, min_iter, check_every, scaling
+        )
         if grad not in (None, "envelope"):
             raise ValueError(
                 "couplings.distributed.sinkhorn differentiates by the envelope theorem only "

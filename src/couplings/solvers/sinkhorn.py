@@ -531,6 +531,20 @@ def _check_rho(rho) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def _check_loop_options(eps, tol, max_iter, min_iter, check_every, scaling):
+    """Validate the options of the Sinkhorn loop; return them as numbers."""
+    eps = check_positive_scalar(eps, "eps")
+    tol = check_positive_scalar(tol, "tol")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    min_iter = check_nonnegative_int(min_iter, "min_iter")
+    check_every = check_positive_int(check_every, "check_every")
+    if scaling is not None:
+        scaling = check_positive_scalar(scaling, "scaling")
+        if scaling >= 1:
+            raise ValueError(f"scaling must be in (0, 1) or None, got {scaling!r}.")
+    return eps, tol, max_iter, min_iter, check_every, scaling
+
+
 def _choose_backend(backend: str, geom: Geometry, grad, balanced: bool) -> str:
     """Resolve ``backend="auto"`` and check an explicit choice against the other options."""
     bsz, n, m = geom.shape
@@ -770,15 +784,9 @@ def sinkhorn(
         Optimal Transport", 2019.
     """
     geom = as_geometry(cost)
-    eps = check_positive_scalar(eps, "eps")
-    tol = check_positive_scalar(tol, "tol")
-    max_iter = check_positive_int(max_iter, "max_iter")
-    min_iter = check_nonnegative_int(min_iter, "min_iter")
-    check_every = check_positive_int(check_every, "check_every")
-    if scaling is not None:
-        scaling = check_positive_scalar(scaling, "scaling")
-        if scaling >= 1:
-            raise ValueError(f"scaling must be in (0, 1) or None, got {scaling!r}.")
+    eps, tol, max_iter, min_iter, check_every, scaling = _check_loop_options(
+        eps, tol, max_iter, min_iter, check_every, scaling
+    )
     if isinstance(grad, Implicit):
         implicit_opts, grad = grad, "implicit"
     else:
