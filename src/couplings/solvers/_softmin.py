@@ -367,8 +367,8 @@ class KernelSoftmin(DenseSoftmin):
     def __init__(self, cost: torch.Tensor, eps: float):
         super().__init__(cost, eps, unroll=False, compiled=compile_available())
         low_precision = torch.finfo(cost.dtype).bits <= 32
-        self.limit, self.cutoff = (15.0, -58.0) if low_precision else (30.0, -300.0)
-        self._limit = torch.tensor(self.limit, dtype=cost.dtype, device=cost.device)
+        limit, self.cutoff = (15.0, -58.0) if low_precision else (30.0, -300.0)
+        self.limit = torch.tensor(limit, dtype=cost.dtype, device=cost.device)
         self.kt = self.alpha = self.beta = None
         self.skip, self.backoff = 0, 1
         self.n_matvec = self.n_log = self.n_absorb = 0  # counts, for benchmarks and tests
@@ -393,7 +393,7 @@ class KernelSoftmin(DenseSoftmin):
         w, max_dev = _kernel_weights(pot, anchor, weights)  # (eager: a compiled call costs
         kt = self.kt if rows else self.kt.transpose(-2, -1)  # more than these few small ops)
         total = torch.bmm(kt, w).squeeze(-1)  # (B, n) for the rows, (B, m) for the columns
-        out, ok = _kernel_finish(total, other_anchor, max_dev, self._limit)
+        out, ok = _kernel_finish(total, other_anchor, max_dev, self.limit)
         return out if bool(ok) else None
 
     def _update(self, rows: bool, pot, weights, log_w):
@@ -449,6 +449,7 @@ class OnlineSoftmin(Softmin):
     backend = "online"
 
     def _transpose(self):
+        self.xt = self.yt = None
         if self.sqeuclidean:  # coordinates as rows: (B, d, n) and (B, d, m)
             self.xt = self.x.transpose(-2, -1).contiguous()
             self.yt = self.y.transpose(-2, -1).contiguous()
@@ -470,33 +471,32 @@ class OnlineSoftmin(Softmin):
             lo, hi = min(lo, float(c.amin())), max(hi, float(c.amax()))
         return hi - lo
 
-    def _reduce(self, h, x, y, yt, out_rows: int):
-        """``-lse_j(h_j - C(x_i, y_j) / e)`` over all ``j``, for every row ``i`` of ``x``."""
+    def _reduce(self, h, x, y, yt, cost_fn):
+        """``-lse_j(h_j - C(x_i, y_j) / e)`` over all ``j``, for every row ``i`` of ``x``
+        (``cost_fn(x_rows, y)`` gives a block of ``C``; ``yt`` is ``y`` transposed for the
+        squared Euclidean kernel)."""
         bsz, m = h.shape
-        out = h.new_empty(bsz, out_rows)
+        out = h.new_empty(bsz, x.shape[1])
         scale = self._scale()
-        for rows in _blocks(out_rows, bsz * m, self.block):
+        for rows in _blocks(x.shape[1], bsz * m, self.block):
             if self.sqeuclidean:
                 out[:, rows], ok = run_kernel("sqeuclidean_rows", h, x[:, rows], yt, scale,
                                               compiled=self.compiled)
             else:
-                out[:, rows], ok = run_kernel("dense_rows", h, self.cost_fn(x[:, rows], y), scale,
+                out[:, rows], ok = run_kernel("dense_rows", h, cost_fn(x[:, rows], y), scale,
                                               compiled=self.compiled)
             self.compiled = ok
         return out
 
     def row(self, v, b, log_b):
-        return self._reduce(v + log_b, self.x, self.y, getattr(self, "yt", None), self.x.shape[1])
+        return self._reduce(v + log_b, self.x, self.y, self.yt, self.cost_fn)
 
     def col(self, u, a, log_a):
-        if self.sqeuclidean:  # symmetric in its arguments: the rows of the swapped problem
-            return self._reduce(u + log_a, self.y, self.x, self.xt, self.y.shape[1])
-        swapped = self.cost_fn
-        self.cost_fn = lambda yy, xx: swapped(xx, yy).transpose(-2, -1)
-        try:
-            return self._reduce(u + log_a, self.y, self.x, None, self.y.shape[1])
-        finally:
-            self.cost_fn = swapped
+        # the rows of the swapped problem (the squared Euclidean cost is symmetric)
+        def swapped(yy, xx):
+            return self.cost_fn(xx, yy).transpose(-2, -1)
+
+        return self._reduce(u + log_a, self.y, self.x, self.xt, swapped)
 
     def select(self, keep: torch.Tensor):
         self.x, self.y = self.x[keep], self.y[keep]

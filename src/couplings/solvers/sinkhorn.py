@@ -574,6 +574,13 @@ def _choose_backend(backend: str, geom: Geometry, grad, balanced: bool) -> str:
     return backend
 
 
+def _balance_constant(a, b, f, g):
+    """Balanced potentials are defined up to ``(f + t, g - t)``: fix ``t`` so that
+    ``<a, f> = <b, g>``."""
+    shift = ((a * f).sum(-1) - (b * g).sum(-1)) / (a.sum(-1) + b.sum(-1))  # (B,)
+    return f - shift.unsqueeze(-1), g + shift.unsqueeze(-1)
+
+
 def _online_only(what: str):
     def fail():
         raise ValueError(
@@ -604,12 +611,10 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
             ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling, check_every,
             init, symmetric,
         )
-        shift = ((a * f).sum(-1) - (b * g).sum(-1)) / (a.sum(-1) + b.sum(-1))  # (B,)
-        f, g = f - shift.unsqueeze(-1), g + shift.unsqueeze(-1)
+        f, g = _balance_constant(a, b, f, g)
     if min_iter < max_iter and not bool(converged.all()):
         _warn_not_converged(converged, error, tol, n_iter, eps, bsz, stacklevel=3)
-    value = OnlineEnvelope.apply(x, y, a, b, f, g, eps, geom.cost_fn, sq,
-                                 _softmin.online_block(x.device))
+    value = OnlineEnvelope.apply(x, y, a, b, f, g, eps, geom.cost_fn, sq, ops.block)
     return OTResult.from_batched(
         geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
         plan_fn=_online_only("plan"), cost=_online_only("cost matrix (nor linear_value, "
@@ -858,9 +863,7 @@ def sinkhorn(
 
     if grad == "implicit":
         f, g = _ImplicitSinkhorn.apply(c, a, b, f, g, eps, implicit_opts)
-    # fix the additive constant: <a, f> = <b, g>
-    shift = ((a * f).sum(-1) - (b * g).sum(-1)) / (a.sum(-1) + b.sum(-1))  # (B,)
-    f, g = f - shift.unsqueeze(-1), g + shift.unsqueeze(-1)
+    f, g = _balance_constant(a, b, f, g)
     if grad == "envelope":
         f, g = f.detach(), g.detach()
         value = _EnvelopeValue.apply(c, a, b, f, g, eps)
