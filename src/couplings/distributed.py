@@ -123,6 +123,7 @@ from .solvers.sinkhorn import (
     AUTO_COMPILED_ENTRIES,
     _check_init,
     _check_loop_options,
+    _check_momentum,
     _check_rho,
     _iterate,
     _phi,
@@ -375,6 +376,7 @@ def sinkhorn(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     rho: float | tuple[float | None, float | None] | None = None,
     backend: str = "auto",
+    momentum: float | str = "auto",
     group=None,
 ) -> OTResult:
     r"""Entropic OT (balanced or unbalanced) by Sinkhorn's iterations, the rows of the problem
@@ -396,8 +398,10 @@ def sinkhorn(
             the total number of rows.
         b: the whole second marginal ``(B, m)`` or ``(m,)``, the same on every rank; ``None``
             for uniform ``1 / m``. Balanced, its mass must equal the total mass of ``a``.
-        eps, tol, max_iter, min_iter, scaling, check_every, rho: as in
-            :func:`couplings.sinkhorn`; they must be the same on every rank (checked).
+        eps, tol, max_iter, min_iter, scaling, check_every, rho, momentum: as in
+            :func:`couplings.sinkhorn`; they must be the same on every rank (checked). The
+            adaptive over-relaxation measures the rate from the all-reduced error, so every
+            rank relaxes by the same ``omega``.
         grad: ``None`` or ``"envelope"``: ``value`` differentiates by the envelope theorem to
             this rank's cost rows (or points), ``a_rows`` and ``b``, each gradient being this
             rank's share (see the module docstring); ``f``, ``g`` and ``plan`` are detached.
@@ -450,6 +454,8 @@ def sinkhorn(
                 "gradients would need autograd across ranks."
             )
         rho = _check_rho(rho)
+        balanced = math.isinf(rho[0]) and math.isinf(rho[1])
+        momentum = _check_momentum(momentum, balanced, False, min_iter >= max_iter)
         check_choice(backend, "backend", BACKENDS)
         geom = as_geometry(cost_rows)
         c = geom.cost_matrix()  # (B, n_r, m)
@@ -473,7 +479,6 @@ def sinkhorn(
         failure = err
     _agree(failure, device, group)
 
-    balanced = math.isinf(rho[0]) and math.isinf(rho[1])
     options = {
         "batch size": bsz, "m": m, "batched": float(geom.batched),
         "itemsize": c.element_size(), "a given": float(a_rows is not None), "eps": eps,
@@ -481,6 +486,7 @@ def sinkhorn(
         "scaling": -1.0 if scaling is None else scaling,
         "rho_a": -1.0 if math.isinf(rho[0]) else rho[0],
         "rho_b": -1.0 if math.isinf(rho[1]) else rho[1],
+        "momentum": -1.0 if momentum == "adaptive" else momentum,
     }
     # b is replicated: at least its masses must agree (they decide the balanced mass check)
     options.update({f"sum(b[{k}])": s for k, s in enumerate(b.sum(-1).tolist())})
@@ -509,7 +515,7 @@ def sinkhorn(
         ops = ShardedSoftmin(inner, group)
         f, g, n_iter, error, converged, iters = _iterate(
             ops, a_rows.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
-            check_every, init, False, rho,
+            check_every, init, False, rho, momentum,
         )
         if balanced:  # fix the additive constant: <a, f> = <b, g> over all rows
             af = _all_reduce((a_rows * f).sum(-1), dist.ReduceOp.SUM, group)

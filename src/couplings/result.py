@@ -110,10 +110,10 @@ class OTResult:
         >>> g = torch.Generator().manual_seed(0)
         >>> c = torch.rand(5, 6, generator=g, dtype=torch.float64)
         >>> res = sinkhorn(c, eps=0.1, tol=1e-9)
-        >>> bool(0 <= res.gap < 1e-8), bool(res.dual_value <= res.primal_value)
+        >>> bool(-1e-12 <= res.gap < 1e-8), bool(res.dual_value <= res.primal_value + 1e-12)
         (True, True)
         >>> res.summary()  # doctest: +ELLIPSIS
-        'sinkhorn (eps=0.1): value 0.39433, gap ..., error ..., converged True, n_iter 60'
+        'sinkhorn (eps=0.1): value 0.39433, gap ..., error ..., converged True, n_iter 30'
     """
 
     f: torch.Tensor

@@ -132,9 +132,25 @@ def _damping(rho: float, eps: float) -> float:
 _COMPACT_BELOW = 0.75
 
 
+# Adaptive over-relaxation: plain iterations up to the main loop's iteration _RATE_TO, the
+# contraction rate measured as the geometric mean of the error ratios since _RATE_FROM, capped
+# at _RATE_CAP (omega <= 1.82) so that an overestimate cannot push omega past the optimum,
+# where the iterations slow down sharply (omega = 1.9 stalls at eps = 0.001 mean cost)
+_RATE_FROM, _RATE_TO, _RATE_CAP = 4, 8, 0.99
+
+
+def _relaxation(rate: torch.Tensor) -> torch.Tensor:
+    r"""The over-relaxation :math:`\omega = 2 / (1 + \sqrt{1 - \eta})` for Sinkhorn's local
+    contraction rate :math:`\eta` (Lehmann, von Renesse, Sambale, Uschmajew, "A note on
+    overrelaxation in the Sinkhorn algorithm", Optim. Lett. 2022): the rate of the relaxed
+    iterations is then :math:`\omega - 1 < \eta`."""
+    rate = torch.nan_to_num(rate, nan=0.0).clamp(0.0, _RATE_CAP)
+    return 2.0 / (1.0 + torch.sqrt(1.0 - rate))
+
+
 def _iterate(
     ops, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, symmetric,
-    rho=(math.inf, math.inf),
+    rho=(math.inf, math.inf), momentum=1.0,
 ):
     """Run Sinkhorn with the soft-min updates ``ops`` (a :mod:`._softmin` object holding the
     cost of ``B`` problems ``n x m``); return potentials ``f, g`` ``(B, n), (B, m)``, the
@@ -152,6 +168,15 @@ def _iterate(
     same result as its problems one by one; once few enough problems are active, the others are
     dropped from the computation (active-set compaction, by out-of-place indexing, so unrolled
     gradients stay exact) and their results written back at the end.
+
+    ``momentum`` (balanced, not symmetric): a float ``omega`` over-relaxes both updates,
+    ``u <- u + omega (T(v) - u)`` and ``v <- v + omega (T(u) - v)`` (1 is plain Sinkhorn), or
+    ``"adaptive"`` runs plain iterations while it measures the contraction rate of each problem
+    (main-loop iterations ``_RATE_FROM`` to ``_RATE_TO``) and then relaxes by the
+    :func:`_relaxation` of that rate, back to ``omega = 1`` for a problem whose error grows
+    between two checks. Relaxed, the column update is no longer exact, and ``error`` adds its
+    violation ``|b (e^{v - T(u)} - 1)|_1``, known from the last column update without another
+    pass over the cost.
     """
     bsz, n, m = a.shape[0], a.shape[1], b.shape[1]
     log_a, log_b = _safe_log(a), _safe_log(b)
@@ -198,18 +223,42 @@ def _iterate(
     # row marginal of the current pair: a_i exp(u_i - t_i), whose target is a_i exp(-f_i / rho_a)
     # = a_i exp(u_i (1 - 1 / lam_a)); twice the violation when symmetric
     weight = 2 * a if symmetric else a
+
+    # over-relaxation: omega (B, 1), or None while the iterations are plain
+    adaptive = momentum == "adaptive"
+    omega = None if adaptive or momentum == 1.0 else a.new_full((bsz, 1), float(momentum))
+    s = None  # the last column update T(u), once v may differ from it
+    err_from = last_err = None  # the errors at _RATE_FROM and at the last check
+    k = 0  # iterations of the main loop
+
+    def row_error():
+        if lam_a == 1.0:
+            return ops.row_total(weight * torch.expm1(u - t).abs())
+        target = weight * torch.exp(u * (1 - 1 / lam_a))
+        return ops.row_total(target * torch.expm1(u / lam_a - t).abs())
+
     while True:
         t = ops.row(v, b, log_b)
+        k += 1
+        if adaptive and omega is None and k in (_RATE_FROM, _RATE_TO):
+            with torch.no_grad():  # no sync: the rate stays on the device
+                if k == _RATE_FROM:
+                    err_from = row_error()
+                else:
+                    rate = (row_error() / err_from) ** (1.0 / (_RATE_TO - _RATE_FROM))
+                    omega = _relaxation(rate).unsqueeze(-1).to(u.dtype)
         if n_iter >= max_iter or (n_iter >= min_iter and n_iter % check_every == 0):
             with torch.no_grad():
-                if lam_a == 1.0:
-                    err = ops.row_total(weight * torch.expm1(u - t).abs())
-                else:
-                    target = weight * torch.exp(u * (1 - 1 / lam_a))
-                    err = ops.row_total(target * torch.expm1(u / lam_a - t).abs())
+                err = row_error()
+                if s is not None:  # relaxed: the columns are off by |b (e^{v - s} - 1)|
+                    err = err + (b * torch.expm1(v - s).abs()).sum(-1)
                 error = err if everyone else torch.where(active, err, error)
                 if n_iter >= max_iter:
                     break
+                if adaptive and omega is not None:
+                    if last_err is not None:  # an error that grew ends the relaxation
+                        omega = torch.where((err > last_err).unsqueeze(-1), 1.0, omega)
+                    last_err = err
                 done = active & (err <= tol)
                 if iters is None:
                     iters = torch.zeros_like(active, dtype=torch.long)
@@ -230,6 +279,8 @@ def _iterate(
                 ops.select(keep)
                 a, b, log_a, log_b, weight = (x[keep] for x in (a, b, log_a, log_b, weight))
                 u, v, t, error, iters = (x[keep] for x in (u, v, t, error, iters))
+                omega, s, err_from, last_err = (
+                    None if x is None else x[keep] for x in (omega, s, err_from, last_err))
                 if symmetric:
                     v = u
                 active, everyone = active[keep], True
@@ -238,6 +289,8 @@ def _iterate(
             u = v = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
         else:
             u_new = lam_a * t if lam_a != 1.0 else t
+            if omega is not None:
+                u_new = u + omega * (u_new - u)
             if translate:
                 la = ops.row_logsumexp(log_a - kap_a * u_new)
                 lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
@@ -245,6 +298,8 @@ def _iterate(
             u = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
             g_new = ops.col(u, a, log_a)
             v_new = lam_b * g_new if lam_b != 1.0 else g_new
+            if omega is not None:
+                s, v_new = g_new, v + omega * (g_new - v)
             v = v_new if everyone else torch.where(active.unsqueeze(-1), v_new, v)
         n_iter += 1
     # the problems still active at the end ran every iteration
@@ -545,6 +600,28 @@ def _check_loop_options(eps, tol, max_iter, min_iter, check_every, scaling):
     return eps, tol, max_iter, min_iter, check_every, scaling
 
 
+def _check_momentum(momentum, balanced: bool, symmetric: bool, fixed_depth: bool):
+    """Resolve ``momentum`` to ``"adaptive"`` or a number ``omega`` in ``(0, 2)``."""
+    if isinstance(momentum, str):
+        check_choice(momentum, "momentum", ("auto", "adaptive"))
+        if momentum == "auto":
+            return "adaptive" if balanced and not symmetric and not fixed_depth else 1.0
+        omega = None
+    else:
+        omega = check_positive_scalar(momentum, "momentum")
+        if omega >= 2:
+            raise ValueError(f"momentum (the over-relaxation omega) must lie in (0, 2), got "
+                             f"{momentum!r}; 1 is plain Sinkhorn.")
+        if omega == 1.0:
+            return 1.0
+    if not balanced or symmetric:
+        raise ValueError(
+            f"momentum={momentum!r} over-relaxes balanced, non-symmetric problems only; got "
+            f"{'symmetric=True' if symmetric else 'a finite rho (unbalanced)'}. Use "
+            "momentum='auto' or 1.0.")
+    return "adaptive" if omega is None else omega
+
+
 def _choose_backend(backend: str, geom: Geometry, grad, balanced: bool) -> str:
     """Resolve ``backend="auto"`` and check an explicit choice against the other options."""
     bsz, n, m = geom.shape
@@ -591,7 +668,7 @@ def _online_only(what: str):
 
 
 def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, scaling, grad,
-                     check_every, init, symmetric) -> OTResult:
+                     check_every, init, symmetric, momentum) -> OTResult:
     """Balanced Sinkhorn on point clouds with the cost evaluated block by block."""
     x, y = geom.x, geom.y
     bsz, n, m = geom.shape
@@ -609,7 +686,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
         ops = OnlineSoftmin(x.detach(), y.detach(), geom.cost_fn, eps, sqeuclidean=sq)
         f, g, n_iter, error, converged, iters = _iterate(
             ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling, check_every,
-            init, symmetric,
+            init, symmetric, momentum=momentum,
         )
         f, g = _balance_constant(a, b, f, g)
     if min_iter < max_iter and not bool(converged.all()):
@@ -650,6 +727,7 @@ def sinkhorn(
     symmetric: bool = False,
     rho: float | tuple[float | None, float | None] | None = None,
     backend: str = "auto",
+    momentum: float | str = "auto",
 ) -> OTResult:
     r"""Entropic optimal transport by log-domain Sinkhorn iterations.
 
@@ -734,6 +812,20 @@ def sinkhorn(
             (default): online for a point cloud whose dense cost would exceed 2 GiB (when
             balanced, envelope), else kernel from ``2**18`` cost entries
             (not with ``grad="unroll"``), else tensorized.
+        momentum: over-relaxation of the updates, ``f <- f + omega (T(g) - f)`` and likewise
+            for ``g`` (Thibault et al.; Lehmann et al.): ``1.0`` is plain Sinkhorn; a number in
+            ``(0, 2)`` a fixed ``omega``; ``"adaptive"`` runs 8 plain iterations, estimates each
+            problem's contraction rate :math:`\eta` from its marginal errors and relaxes by
+            :math:`\omega = 2 / (1 + \sqrt{1 - \eta})` (at most 1.82), which near the solution
+            turns the rate :math:`\eta` into :math:`\omega - 1` (at ``eps = 0.01 * mean
+            cost``, 3-5x fewer iterations); a problem whose error grows between two checks goes
+            back to plain iterations. ``"auto"`` (default) is ``"adaptive"`` for balanced,
+            non-symmetric problems solved to ``tol``, and plain Sinkhorn for fixed-depth solves
+            (``min_iter = max_iter``, so that a Sinkhorn layer keeps its textbook definition)
+            and for symmetric and unbalanced ones (where relaxation is not supported).
+            Relaxed, the column marginal is no longer exact after the column update, and
+            ``error`` adds its violation, so ``tol`` still bounds both marginals. The relaxed
+            updates are the same on every backend.
 
     Returns:
         :class:`~couplings.OTResult` with potentials ``f`` ``(B, n)``, ``g`` ``(B, m)``
@@ -787,6 +879,9 @@ def sinkhorn(
         Chizat, Peyre, Schmitzer and Vialard, "Scaling Algorithms for Unbalanced Transport
         Problems", Math. Comp. 2018; Sejourne et al., "Sinkhorn Divergences for Unbalanced
         Optimal Transport", 2019.
+        Thibault, Chizat, Dossal and Papadakis, "Overrelaxed Sinkhorn-Knopp Algorithm for
+        Regularized Optimal Transport", Algorithms 2021; Lehmann, von Renesse, Sambale and
+        Uschmajew, "A note on overrelaxation in the Sinkhorn algorithm", Optim. Lett. 2022.
     """
     geom = as_geometry(cost)
     eps, tol, max_iter, min_iter, check_every, scaling = _check_loop_options(
@@ -804,12 +899,14 @@ def sinkhorn(
     check_choice(backend, "backend", BACKENDS)
     bsz, n, m = geom.shape
     backend = _choose_backend(backend, geom, grad, balanced)
+    momentum = _check_momentum(momentum, balanced, symmetric, min_iter >= max_iter)
     if grad is None:
         grad = "envelope" if backend == "online" else "implicit"
     if backend == "online":
         return _sinkhorn_online(
             geom, a, b, eps=eps, tol=tol, max_iter=max_iter, min_iter=min_iter, scaling=scaling,
             grad=grad, check_every=check_every, init=init, symmetric=symmetric,
+            momentum=momentum,
         )
 
     c = geom.cost_matrix()  # (B, n, m)
@@ -830,6 +927,7 @@ def sinkhorn(
         ops = DenseSoftmin(c, eps, unroll=True, compiled=False)
         f, g, n_iter, error, converged, iters = _iterate(
             ops, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, symmetric, rho,
+            momentum,
         )
     else:
         with torch.no_grad():
@@ -839,7 +937,7 @@ def sinkhorn(
                 ops = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled")
             f, g, n_iter, error, converged, iters = _iterate(
                 ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
-                check_every, init, symmetric, rho,
+                check_every, init, symmetric, rho, momentum,
             )
     backend = ops.backend  # "tensorized" if compilation failed
     if min_iter < max_iter and not bool(converged.all()):
