@@ -261,9 +261,9 @@ def test_group_of_one_is_the_single_process_solve(group_of_one):
         assert _close(getattr(res, key), getattr(ref, key)), key
     with pytest.raises(ValueError, match="holds only this rank's rows"):
         _ = res.linear_value
-    # warm start from the solution: converged at the first check
+    # warm start from the solution: converged at the first check, after one iteration
     warm = sharded_sinkhorn(c, a, b, eps=0.1, tol=1e-9, init=(ref.f, ref.g))
-    assert warm.n_iter == 10 and _close(warm.g, ref.g)
+    assert warm.n_iter == 1 and _close(warm.g, ref.g)
 
 
 def test_shape_and_option_errors(group_of_one):

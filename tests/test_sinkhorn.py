@@ -183,3 +183,20 @@ def test_repr_is_short():
     _, _, a, b, c = random_problem(300, 200)
     text = repr(sinkhorn(c, a, b, eps=0.5))
     assert "sinkhorn" in text and len(text) < 300
+
+
+@pytest.mark.parametrize("momentum", [1.0, "auto"])
+def test_checks_come_sooner_when_the_rate_predicts_convergence(momentum):
+    # every-iteration checks give the first iteration at tol; the predicted checks (at most
+    # check_every = 10 apart) stop within a few iterations of it, not at the next multiple of 10
+    _, _, a, b, c = random_problem(30, 40, seed=11, batch=4)
+    eps = torch.tensor([0.3, 0.1, 0.05, 0.02], dtype=c.dtype)[:, None, None]
+    opts = dict(eps=1.0, tol=1e-8, max_iter=5000, momentum=momentum)
+    every = sinkhorn(c / eps, a, b, check_every=1, **opts)
+    predicted = sinkhorn(c / eps, a, b, **opts)
+    extra = predicted.n_iter_per_problem - every.n_iter_per_problem
+    assert bool((extra >= 0).all()) and bool((extra <= 3).all()), extra
+    assert bool(predicted.converged.all()) and bool((predicted.error <= 1e-8).all())
+    # a warm start from the solution stops at the first check, after one iteration
+    warm = sinkhorn(c / eps, a, b, init=(predicted.f, predicted.g), **opts)
+    assert warm.n_iter == 1

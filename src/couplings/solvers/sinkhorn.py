@@ -137,6 +137,7 @@ _COMPACT_BELOW = 0.75
 # at _RATE_CAP (omega <= 1.82) so that an overestimate cannot push omega past the optimum,
 # where the iterations slow down sharply (omega = 1.9 stalls at eps = 0.001 mean cost)
 _RATE_FROM, _RATE_TO, _RATE_CAP = 4, 8, 0.99
+_GUARD_SPAN = 10  # fewest iterations between two errors compared by the safeguard
 
 
 def _relaxation(rate: torch.Tensor) -> torch.Tensor:
@@ -146,6 +147,16 @@ def _relaxation(rate: torch.Tensor) -> torch.Tensor:
     iterations is then :math:`\omega - 1 < \eta`."""
     rate = torch.nan_to_num(rate, nan=0.0).clamp(0.0, _RATE_CAP)
     return 2.0 / (1.0 + torch.sqrt(1.0 - rate))
+
+
+def _check_steps(err, prev_err, steps, tol, check_every):
+    """Iterations to the next check of each problem ``(B,)``: ``check_every``, or fewer where
+    the rate measured since the last check, ``(err / prev_err) ** (1 / steps)``, predicts that
+    the error reaches ``tol`` sooner (at least 1)."""
+    rate = (err / prev_err) ** (1.0 / steps.clamp(min=1))
+    need = torch.log(tol / err) / torch.log(rate)  # > 0 when err > tol and rate < 1
+    need = torch.where((rate < 1) & (need > 0), need.ceil(), float(check_every))
+    return need.clamp(1, check_every).long()
 
 
 def _iterate(
@@ -174,9 +185,14 @@ def _iterate(
     ``"adaptive"`` runs plain iterations while it measures the contraction rate of each problem
     (main-loop iterations ``_RATE_FROM`` to ``_RATE_TO``) and then relaxes by the
     :func:`_relaxation` of that rate, back to ``omega = 1`` for a problem whose error grows
-    between two checks. Relaxed, the column update is no longer exact, and ``error`` adds its
-    violation ``|b (e^{v - T(u)} - 1)|_1``, known from the last column update without another
-    pass over the cost.
+    over ``_GUARD_SPAN`` iterations or more. Relaxed, the column update is no longer exact, and
+    ``error`` adds its violation ``|b (e^{v - T(u)} - 1)|_1``, known from the last column
+    update without another pass over the cost.
+
+    Checks: each problem is checked first at ``min_iter``, then after at most ``check_every``
+    iterations, sooner where its rate since the last check predicts convergence sooner
+    (:func:`_check_steps`). A check of the batch happens when some problem is due, and only
+    the problems due decide there, so the stopping iterations are those of the problems alone.
     """
     bsz, n, m = a.shape[0], a.shape[1], b.shape[1]
     log_a, log_b = _safe_log(a), _safe_log(b)
@@ -228,8 +244,14 @@ def _iterate(
     adaptive = momentum == "adaptive"
     omega = None if adaptive or momentum == 1.0 else a.new_full((bsz, 1), float(momentum))
     s = None  # the last column update T(u), once v may differ from it
-    err_from = last_err = None  # the errors at _RATE_FROM and at the last check
+    err_from = None  # the error at _RATE_FROM
     k = 0  # iterations of the main loop
+    # the checks of each problem: its next one (due_at), the last one (prev_iter, prev_err) and
+    # the last one the safeguard of the relaxation compared (relaxed_iter, relaxed_err)
+    due_at = torch.full((bsz,), min_iter, dtype=torch.long, device=a.device)
+    prev_iter, relaxed_iter = torch.zeros_like(due_at), torch.zeros_like(due_at)
+    prev_err = relaxed_err = a.new_full((bsz,), math.inf)
+    next_check = min_iter  # the earliest due_at of the active problems
 
     def row_error():
         if lam_a == 1.0:
@@ -247,24 +269,35 @@ def _iterate(
                 else:
                     rate = (row_error() / err_from) ** (1.0 / (_RATE_TO - _RATE_FROM))
                     omega = _relaxation(rate).unsqueeze(-1).to(u.dtype)
-        if n_iter >= max_iter or (n_iter >= min_iter and n_iter % check_every == 0):
+        if n_iter >= max_iter or n_iter >= next_check:
             with torch.no_grad():
                 err = row_error()
                 if s is not None:  # relaxed: the columns are off by |b (e^{v - s} - 1)|
                     err = err + (b * torch.expm1(v - s).abs()).sum(-1)
-                error = err if everyone else torch.where(active, err, error)
                 if n_iter >= max_iter:
+                    error = err if everyone else torch.where(active, err, error)
                     break
+                # only the problems due decide, so each stops where it would alone
+                due = active & (due_at <= n_iter)
+                error = torch.where(due, err, error)
                 if adaptive and omega is not None:
-                    if last_err is not None:  # an error that grew ends the relaxation
-                        omega = torch.where((err > last_err).unsqueeze(-1), 1.0, omega)
-                    last_err = err
-                done = active & (err <= tol)
+                    # an error that grew over _GUARD_SPAN iterations ends the relaxation
+                    # (over fewer, relaxed errors may oscillate on their way down)
+                    span = due & (n_iter - relaxed_iter >= _GUARD_SPAN)
+                    omega = torch.where((span & (err > relaxed_err)).unsqueeze(-1), 1.0, omega)
+                    relaxed_err = torch.where(span, err, relaxed_err)
+                    relaxed_iter = torch.where(span, n_iter, relaxed_iter)
+                done = due & (err <= tol)
                 if iters is None:
                     iters = torch.zeros_like(active, dtype=torch.long)
                 iters = torch.where(done, n_iter, iters)
                 active = active & ~done
-            n_active = int(active.sum())
+                due_at = torch.where(due, n_iter + _check_steps(
+                    err, prev_err, n_iter - prev_iter, tol, check_every), due_at)
+                prev_err = torch.where(due, err, prev_err)
+                prev_iter = torch.where(due, n_iter, prev_iter)
+                soonest = torch.where(active, due_at, max_iter).min()
+            n_active, next_check = torch.stack([active.sum(), soonest]).tolist()
             if n_active == 0:
                 break
             everyone = n_active == active.shape[0]
@@ -279,8 +312,9 @@ def _iterate(
                 ops.select(keep)
                 a, b, log_a, log_b, weight = (x[keep] for x in (a, b, log_a, log_b, weight))
                 u, v, t, error, iters = (x[keep] for x in (u, v, t, error, iters))
-                omega, s, err_from, last_err = (
-                    None if x is None else x[keep] for x in (omega, s, err_from, last_err))
+                omega, s, err_from = (None if x is None else x[keep] for x in (omega, s, err_from))
+                due_at, prev_iter, prev_err, relaxed_err, relaxed_iter = (
+                    x[keep] for x in (due_at, prev_iter, prev_err, relaxed_err, relaxed_iter))
                 if symmetric:
                     v = u
                 active, everyone = active[keep], True
@@ -779,7 +813,11 @@ def sinkhorn(
             ``value`` carries gradients, ``P`` for the cost and the potentials for the weights;
             ``plan``, ``f`` and ``g`` are detached, and ``linear_value`` differentiates as
             ``<P, C>`` with ``P`` held fixed).
-        check_every: iterations between two convergence checks (a check syncs with the device).
+        check_every: most iterations between two convergence checks of a problem (a check
+            syncs with the device). The first check is at ``min_iter`` (after the first
+            iteration when it is 0, so a warm start from the solution stops there); the next
+            comes sooner than ``check_every`` where the rate measured between the last two
+            checks predicts that the error reaches ``tol`` sooner.
         init: warm start ``(f, g)``, potentials of a nearby problem, shaped like the outputs.
             The first iteration updates the rows from ``g`` (``f`` only seeds a symmetric
             problem), as the scalings of IPOT are warm-started; with ``scaling``, ``init``
@@ -818,7 +856,7 @@ def sinkhorn(
             problem's contraction rate :math:`\eta` from its marginal errors and relaxes by
             :math:`\omega = 2 / (1 + \sqrt{1 - \eta})` (at most 1.82), which near the solution
             turns the rate :math:`\eta` into :math:`\omega - 1` (at ``eps = 0.01 * mean
-            cost``, 3-5x fewer iterations); a problem whose error grows between two checks goes
+            cost``, 3-5x fewer iterations); a problem whose error grows over 10 iterations goes
             back to plain iterations. ``"auto"`` (default) is ``"adaptive"`` for balanced,
             non-symmetric problems solved to ``tol``, and plain Sinkhorn for fixed-depth solves
             (``min_iter = max_iter``, so that a Sinkhorn layer keeps its textbook definition)
