@@ -101,3 +101,22 @@ def test_no_nan_where_an_error_belongs():
     c = torch.tensor([[0.0, 1e30], [1e30, 0.0]], dtype=torch.float32)
     res = sinkhorn(c, eps=1e-3, tol=1e-4)
     assert torch.isfinite(res.value) and torch.isfinite(res.plan).all()
+
+
+def test_check_finite_summed_fast_path_is_exact():
+    from couplings._validation import check_finite
+
+    big = torch.full((4, 4), 6e4, dtype=torch.float16)  # finite entries whose sum overflows
+    assert not bool(torch.isfinite(big.sum()))
+    check_finite(big, "big")  # falls back to the entry-wise check: passes
+    for bad in (math.nan, math.inf, -math.inf):
+        x = torch.zeros(3, 5, dtype=torch.float64)
+        x[1, 2] = bad
+        with pytest.raises(ValueError, match="1 non-finite entries"):
+            check_finite(x, "x")
+    # +inf and -inf together sum to nan: still caught
+    x = torch.zeros(6)
+    x[0], x[1] = math.inf, -math.inf
+    with pytest.raises(ValueError, match="2 non-finite entries"):
+        check_finite(x, "x")
+    check_finite(torch.arange(5), "ints")  # integer tensors are always finite
