@@ -22,6 +22,9 @@ def test_relaxation_formula_and_cap():
                                                     dtype=torch.float64)))
     torch.testing.assert_close(omega, expected)
     assert float(omega[2]) == pytest.approx(1.8181818, rel=1e-6)
+    # an error that did not decrease gives no relaxation (not the largest omega)
+    flat = _relaxation(torch.tensor([1.0, 1.5, float("inf")], dtype=torch.float64))
+    torch.testing.assert_close(flat, torch.ones(3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("momentum", ["auto", "adaptive", 1.5])

@@ -77,8 +77,9 @@ def sinkhorn_operator(
             :func:`couplings.sinkhorn`.
 
     Returns:
-        ``(B, n, n)`` or ``(n, n)``: columns sum to 1 exactly, rows to 1 up to the remaining
-        error.
+        ``(B, n, n)`` or ``(n, n)``: at fixed depth, columns sum to 1 exactly and rows to 1 up
+        to the remaining error; with ``tol`` (over-relaxed iterations, see ``momentum`` in
+        :func:`couplings.sinkhorn`), both within ``tol`` in L1.
 
     Example:
         >>> import torch

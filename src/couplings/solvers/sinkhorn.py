@@ -145,7 +145,8 @@ def _relaxation(rate: torch.Tensor) -> torch.Tensor:
     contraction rate :math:`\eta` (Lehmann, von Renesse, Sambale, Uschmajew, "A note on
     overrelaxation in the Sinkhorn algorithm", Optim. Lett. 2022): the rate of the relaxed
     iterations is then :math:`\omega - 1 < \eta`."""
-    rate = torch.nan_to_num(rate, nan=0.0).clamp(0.0, _RATE_CAP)
+    # an error that did not decrease (or was already 0) gives no relaxation: omega = 1
+    rate = torch.where(torch.isfinite(rate) & (rate < 1), rate, 0.0).clamp(0.0, _RATE_CAP)
     return 2.0 / (1.0 + torch.sqrt(1.0 - rate))
 
 
@@ -156,6 +157,7 @@ def _check_steps(err, prev_err, steps, tol, check_every):
     rate = (err / prev_err) ** (1.0 / steps.clamp(min=1))
     need = torch.log(tol / err) / torch.log(rate)  # > 0 when err > tol and rate < 1
     need = torch.where((rate < 1) & (need > 0), need.ceil(), float(check_every))
+    # (an error stalling above tol measures a rate near 1, which predicts check_every)
     return need.clamp(1, check_every).long()
 
 
@@ -168,8 +170,9 @@ def _iterate(
     iterations (the largest over the batch), error ``(B,)``, converged ``(B,)`` and the
     iterations of each problem ``(B,)``.
 
-    Alternating updates return a pair that satisfies the column update exactly (``P^T 1 = b``);
-    ``error`` is the row violation ``|P 1 - a|_1`` of that pair, hence the full L1 marginal error.
+    Plain alternating updates return a pair that satisfies the column update exactly
+    (``P^T 1 = b``); ``error`` is the row violation ``|P 1 - a|_1`` of that pair, hence the full
+    L1 marginal error (relaxed updates add the column violation, see ``momentum`` below).
     Unbalanced (``rho`` finite), the updates are damped by ``lambda = rho / (rho + eps)`` and
     ``error`` is the L1 residual of the row optimality condition ``P 1 = a exp(-f / rho_a)``
     (the column one again holds exactly); it is the marginal error when ``rho_a = inf``.
@@ -253,11 +256,14 @@ def _iterate(
     prev_err = relaxed_err = a.new_full((bsz,), math.inf)
     next_check = min_iter  # the earliest due_at of the active problems
 
+    def weighted(w, dev):  # sum_i w_i |dev_i|, 0 where w_i = 0 (even if dev_i overflowed)
+        return torch.where(w > 0, w * dev.abs(), 0.0)
+
     def row_error():
         if lam_a == 1.0:
-            return ops.row_total(weight * torch.expm1(u - t).abs())
+            return ops.row_total(weighted(weight, torch.expm1(u - t)))
         target = weight * torch.exp(u * (1 - 1 / lam_a))
-        return ops.row_total(target * torch.expm1(u / lam_a - t).abs())
+        return ops.row_total(weighted(target, torch.expm1(u / lam_a - t)))
 
     while True:
         t = ops.row(v, b, log_b)
@@ -273,7 +279,7 @@ def _iterate(
             with torch.no_grad():
                 err = row_error()
                 if s is not None:  # relaxed: the columns are off by |b (e^{v - s} - 1)|
-                    err = err + (b * torch.expm1(v - s).abs()).sum(-1)
+                    err = err + weighted(b, torch.expm1(v - s)).sum(-1)
                 if n_iter >= max_iter:
                     error = err if everyone else torch.where(active, err, error)
                     break
@@ -284,7 +290,8 @@ def _iterate(
                     # an error that grew over _GUARD_SPAN iterations ends the relaxation
                     # (over fewer, relaxed errors may oscillate on their way down)
                     span = due & (n_iter - relaxed_iter >= _GUARD_SPAN)
-                    omega = torch.where((span & (err > relaxed_err)).unsqueeze(-1), 1.0, omega)
+                    grew = span & ~(err <= relaxed_err)  # a non-finite error counts
+                    omega = torch.where(grew.unsqueeze(-1), 1.0, omega)
                     relaxed_err = torch.where(span, err, relaxed_err)
                     relaxed_iter = torch.where(span, n_iter, relaxed_iter)
                 done = due & (err <= tol)
@@ -852,8 +859,9 @@ def sinkhorn(
             (not with ``grad="unroll"``), else tensorized.
         momentum: over-relaxation of the updates, ``f <- f + omega (T(g) - f)`` and likewise
             for ``g`` (Thibault et al.; Lehmann et al.): ``1.0`` is plain Sinkhorn; a number in
-            ``(0, 2)`` a fixed ``omega``; ``"adaptive"`` runs 8 plain iterations, estimates each
-            problem's contraction rate :math:`\eta` from its marginal errors and relaxes by
+            ``(0, 2)`` a fixed ``omega``; ``"adaptive"`` runs plain iterations for the first 8
+            row updates at ``eps``, estimates each problem's contraction rate :math:`\eta`
+            from its marginal errors and relaxes by
             :math:`\omega = 2 / (1 + \sqrt{1 - \eta})` (at most 1.82), which near the solution
             turns the rate :math:`\eta` into :math:`\omega - 1` (at ``eps = 0.01 * mean
             cost``, 3-5x fewer iterations); a problem whose error grows over 10 iterations goes
