@@ -15,6 +15,7 @@ from couplings.experiments.matching_bd import (
     PAPER_TABLE,
     MatchingBDConfig,
     bhattacharyya_distance,
+    choose_settings,
     empirical_pmf,
     exact_posterior,
     make_problem,
@@ -146,11 +147,14 @@ def test_small_run_produces_finite_bds_in_the_unit_interval(small_run):
     # the fitted posteriors are far better than a near-uniform Mallows law at sigma = 0.1
     for method in ("stick-breaking", "rounding"):
         assert metrics["bd"][method][0]["mean"] < 0.5
-    # the grid search picked a pair of the grid for every sigma and method
-    assert len(metrics["settings"]) == 2 and len(metrics["calibration"]) == 2 * 2
+    # the grid search picked a triple of the grid (tau, scale, prior) for every sigma and method
+    config = _small_config()
+    assert len(config.grid()) == 1 * 2 * 2
+    assert len(metrics["settings"]) == 2 and len(metrics["calibration"]) == 2 * 4
     for chosen in metrics["settings"]:
         for method in ("stick-breaking", "rounding"):
             assert chosen[method]["tau"] == 1.0 and chosen[method]["scale_max"] in (0.1, 0.3)
+            assert chosen[method]["prior_scale"] in config.prior_scale_grid
 
 
 def test_small_run_report_has_the_paper_column_and_figure(small_run):
@@ -190,3 +194,22 @@ def test_config_validation():
         MatchingBDConfig(scale_max_grid=(0.005,))
     with pytest.raises(ValueError, match="n_reps"):
         MatchingBDConfig(n_reps=0)
+    for bad in ((), (0.0,), (None, -1.0), (math.inf,)):
+        with pytest.raises(ValueError, match="prior_scale_grid"):
+            MatchingBDConfig(prior_scale_grid=bad)
+
+
+def test_choose_settings_takes_the_best_triple():
+    config = dataclasses.replace(MatchingBDConfig.quick(), sigmas=(0.1, 0.5))
+    calibration = []
+    for k in range(2):
+        for g, (tau, scale, prior) in enumerate(config.grid()):
+            # a made-up BD, lowest at grid index 5 - k for stick-breaking and 2 + k for rounding
+            calibration.append({"sigma_index": k, "tau": tau, "scale_max": scale,
+                                "prior_scale": prior,
+                                "bd": {"stick-breaking": abs(g - (5 - k)) / 10,
+                                       "rounding": abs(g - (2 + k)) / 10}})
+    chosen = choose_settings(config, calibration)
+    for k in range(2):
+        assert chosen[k]["stick-breaking"] == config.grid()[5 - k]
+        assert chosen[k]["rounding"] == config.grid()[2 + k]

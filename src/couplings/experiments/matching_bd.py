@@ -152,7 +152,14 @@ class MatchingBDConfig:
         n_eval_samples: samples of each fitted ``q`` rounded to permutations for its histogram
             (the authors' notebook: 1000).
         prior_scale: ``None`` for a flat prior on the relaxed ``X`` (likelihood only), or the
-            scale ``eta`` of the paper's mixture prior (:func:`mixture_log_prior`).
+            scale ``eta`` of the paper's mixture prior (:func:`mixture_log_prior`), when
+            ``calibrate=False``.
+        prior_scale_grid: the priors tried by the grid search (``None``: flat). The relaxed
+            likelihood fixes only ``N dim`` of the ``(N - 1)^2`` degrees of freedom of a
+            doubly-stochastic ``X``, so with a flat prior the ELBO leaves the mean of ``q``
+            anywhere on a slice of the polytope; the mixture prior pulls it toward the
+            vertices. Not in the paper's grid (its supplement proposes the prior; its
+            notebooks use it in one version), so the full setting searches it too.
         num_threads: torch CPU threads (1 is fastest for these tiny problems; 0 leaves torch's).
     """
 
@@ -177,14 +184,16 @@ class MatchingBDConfig:
     n_mc_samples: int = 10
     n_eval_samples: int = 1000
     prior_scale: float | None = None
+    prior_scale_grid: tuple[float | None, ...] = (None, 0.3, 1.0)
     num_threads: int = 1
 
     @classmethod
     def quick(cls) -> MatchingBDConfig:
-        """The ``--quick`` setting: 12 repetitions per sigma, 200 Adam steps, a 2 x 2 grid
+        """The ``--quick`` setting: 12 repetitions per sigma, 200 Adam steps, a 2 x 2 x 2 grid
         search on 6 problems, 500 samples per histogram."""
         return cls(n_reps=12, reps_per_unit=12, tau_grid=(0.3, 1.0), scale_max_grid=(0.1, 0.3),
-                   calibration_reps=6, n_steps=200, n_eval_samples=500)
+                   prior_scale_grid=(None, 0.3), calibration_reps=6, n_steps=200,
+                   n_eval_samples=500)
 
     def __post_init__(self):
         for name in ("n", "dim", "n_reps", "reps_per_unit", "sinkhorn_iters", "n_steps",
@@ -220,6 +229,12 @@ class MatchingBDConfig:
             raise ValueError(f"rounding_scale_min must be > 0, got {self.rounding_scale_min!r}.")
         if self.prior_scale is not None and not self.prior_scale > 0:
             raise ValueError(f"prior_scale must be None or > 0, got {self.prior_scale!r}.")
+        if not self.prior_scale_grid or any(
+            p is not None and not (isinstance(p, (int, float)) and p > 0 and math.isfinite(p))
+            for p in self.prior_scale_grid
+        ):
+            raise ValueError("prior_scale_grid must be a non-empty tuple of None or numbers > 0, "
+                             f"got {self.prior_scale_grid!r}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}.")
         if isinstance(self.num_threads, bool) or not (
@@ -232,14 +247,15 @@ class MatchingBDConfig:
         step = self.reps_per_unit
         return [range(s, min(s + step, self.n_reps)) for s in range(0, self.n_reps, step)]
 
-    def grid(self) -> list[tuple[float, float]]:
-        """The ``(tau, scale_max)`` pairs of the grid search."""
-        return [(t, s) for t in self.tau_grid for s in self.scale_max_grid]
+    def grid(self) -> list[tuple[float, float, float | None]]:
+        """The ``(tau, scale_max, prior_scale)`` triples of the grid search."""
+        return [(t, s, p) for t in self.tau_grid for s in self.scale_max_grid
+                for p in self.prior_scale_grid]
 
-    def fixed_settings(self) -> dict[str, tuple[float, float]]:
-        """``method -> (tau, scale_max)`` used when ``calibrate=False``."""
-        return {"stick-breaking": (self.sb_tau, self.sb_scale_max),
-                "rounding": (self.rounding_tau, self.rounding_scale_max)}
+    def fixed_settings(self) -> dict[str, tuple[float, float, float | None]]:
+        """``method -> (tau, scale_max, prior_scale)`` used when ``calibrate=False``."""
+        return {"stick-breaking": (self.sb_tau, self.sb_scale_max, self.prior_scale),
+                "rounding": (self.rounding_tau, self.rounding_scale_max, self.prior_scale)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,13 +455,14 @@ def _batch(config: MatchingBDConfig, seeds: list[int], sigma: float) -> _Batch:
 
 
 def fit_and_score(config: MatchingBDConfig, batch: _Batch, sigma: float, method: str,
-                  tau: float, scale_max: float, generator: torch.Generator) -> dict[str, Any]:
+                  tau: float, scale_max: float, prior_scale: float | None,
+                  generator: torch.Generator) -> dict[str, Any]:
     """Fit one family on a batch of problems; its BD per problem, final ELBO and time."""
     start = time.perf_counter()
     family = make_family(method, config, batch.centres.shape[0], tau, scale_max)
     trace = fit_family(family, batch.centres, batch.obs, sigma, n_steps=config.n_steps,
                        lr=config.lr, n_mc_samples=config.n_mc_samples, generator=generator,
-                       prior_scale=config.prior_scale)
+                       prior_scale=prior_scale)
     with torch.no_grad():
         x, _ = family.rsample(config.n_eval_samples, generator=generator)  # (S, B, n, n)
         pmf = empirical_pmf(round_to_permutation(x))  # (B, n!)
@@ -455,38 +472,43 @@ def fit_and_score(config: MatchingBDConfig, batch: _Batch, sigma: float, method:
 
 def calibration_unit(config: MatchingBDConfig, seed: int, sigma_index: int,
                      grid_index: int) -> dict[str, Any]:
-    """Mean BD of both families with grid pair ``grid_index`` on the calibration problems."""
+    """Mean BD of both families with grid triple ``grid_index`` on the calibration problems."""
     sigma = float(config.sigmas[sigma_index])
-    tau, scale_max = config.grid()[grid_index]
+    tau, scale_max, prior_scale = config.grid()[grid_index]
     seeds = [derive_seed(seed, r, _CALIBRATION_STREAM) for r in range(config.calibration_reps)]
     batch = _batch(config, seeds, sigma)
-    record: dict[str, Any] = {"sigma": sigma, "tau": tau, "scale_max": scale_max, "bd": {}}
+    record: dict[str, Any] = {"sigma": sigma, "tau": tau, "scale_max": scale_max,
+                              "prior_scale": prior_scale, "bd": {}}
     for m, method in enumerate(VARIATIONAL):
         gen = torch.Generator().manual_seed(
             derive_seed(seed, sigma_index, grid_index, m, _CALIBRATION_STREAM))
-        fit = fit_and_score(config, batch, sigma, method, tau, scale_max, gen)
+        fit = fit_and_score(config, batch, sigma, method, tau, scale_max, prior_scale, gen)
         record["bd"][method] = float(np.mean(fit["bd"]))
         record[f"{method}_time_s"] = fit["time_s"]
     return record
 
 
-def choose_settings(config: MatchingBDConfig,
-                    calibration: list[dict[str, Any]]) -> list[dict[str, tuple[float, float]]]:
-    """Per sigma, ``method -> (tau, scale_max)`` with the lowest calibration BD (first on ties)."""
+def choose_settings(
+    config: MatchingBDConfig, calibration: list[dict[str, Any]]
+) -> list[dict[str, tuple[float, float, float | None]]]:
+    """Per sigma, ``method -> (tau, scale_max, prior_scale)`` with the lowest calibration BD
+    (first on ties)."""
     chosen = []
     for k in range(len(config.sigmas)):
         rows = [r for r in calibration if r["sigma_index"] == k]
         chosen.append({m: min(rows, key=lambda r, m=m: r["bd"][m])
                        for m in VARIATIONAL})
-        chosen[-1] = {m: (r["tau"], r["scale_max"]) for m, r in chosen[-1].items()}
+        chosen[-1] = {m: (r["tau"], r["scale_max"], r.get("prior_scale"))
+                      for m, r in chosen[-1].items()}
     return chosen
 
 
 def run_unit(config: MatchingBDConfig, seed: int, sigma_index: int, chunk: int,
-             settings: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+             settings: dict[str, tuple] | None = None) -> dict[str, Any]:
     """Fit and score every method on the repetitions of ``chunk`` at ``sigmas[sigma_index]``.
 
-    ``settings`` maps each variational method to its ``(tau, scale_max)`` (default:
+    ``settings`` maps each variational method to its ``(tau, scale_max, prior_scale)``, or
+    ``(tau, scale_max)`` with the flat prior (default:
     :meth:`MatchingBDConfig.fixed_settings`). Returns plain data (it goes into the checkpoint):
     the BD of each method on each repetition, the final ELBOs, the posterior mass of the MAP,
     and the wall times (``*_time_s``).
@@ -508,7 +530,9 @@ def run_unit(config: MatchingBDConfig, seed: int, sigma_index: int, chunk: int,
         posterior, counts / config.n_eval_samples).tolist()
 
     for method in VARIATIONAL:
-        fit = fit_and_score(config, batch, sigma, method, *settings[method], gen)
+        tau, scale_max, *prior = settings[method]
+        fit = fit_and_score(config, batch, sigma, method, tau, scale_max,
+                            prior[0] if prior else None, gen)
         record["bd"][method] = fit["bd"]
         record["final_elbo"][method] = fit["final_elbo"]
         record[f"{method}_time_s"] = fit["time_s"]
@@ -625,15 +649,18 @@ def _tables(config: MatchingBDConfig, metrics: dict[str, Any]) -> list[Table]:
                 "repetitions.",
     )
     settings_rows = [
-        [_label(m)] + [f"τ={st[m]['tau']:g}, max scale {st[m]['scale_max']:g}"
+        [_label(m)] + [f"τ={st[m]['tau']:g}, max scale {st[m]['scale_max']:g}, "
+                       + ("flat prior" if st[m].get("prior_scale") is None
+                          else f"prior eta {st[m]['prior_scale']:g}")
                        for st in metrics["settings"]]
         for m in VARIATIONAL
     ]
     how = (f"chosen per σ by the grid search over τ in {list(config.tau_grid)} x max scale in "
-           f"{list(config.scale_max_grid)} on {config.calibration_reps} held-out problems"
+           f"{list(config.scale_max_grid)} x prior scale in {list(config.prior_scale_grid)} "
+           f"(None: flat) on {config.calibration_reps} held-out problems"
            if config.calibrate else "fixed (calibrate=False)")
     settings = Table("Variational hyper-parameters", ["method", *sig_cols], settings_rows,
-                     caption=f"Temperature and largest noise scale: {how}.")
+                     caption=f"Temperature, largest noise scale and prior: {how}.")
     return [main, spread, settings]
 
 
@@ -681,11 +708,17 @@ def _notes(config: MatchingBDConfig, metrics: dict[str, Any]) -> list[str]:
     def row(method):
         return ", ".join(f"{c['mean']:.2f}" for c in bd[method])
 
-    prior = ("flat prior on X (likelihood only, as in the authors' 2017-02-14 notebook)"
-             if config.prior_scale is None else
-             f"the paper's mixture prior with eta = {config.prior_scale:g}")
-    tuning = (f"τ and the largest noise scale chosen per σ and per method by a grid search "
-              f"(τ in {list(config.tau_grid)}, largest scale in {list(config.scale_max_grid)}) "
+    if config.calibrate:
+        prior = ("the prior on X chosen by the grid search among "
+                 + ", ".join("flat" if p is None else f"the paper's mixture prior with eta = {p:g}"
+                             for p in config.prior_scale_grid))
+    else:
+        prior = ("flat prior on X (likelihood only, as in the authors' 2017-02-14 notebook)"
+                 if config.prior_scale is None else
+                 f"the paper's mixture prior with eta = {config.prior_scale:g}")
+    tuning = (f"τ, the largest noise scale and the prior chosen per σ and per method by a grid "
+              f"search (τ in {list(config.tau_grid)}, largest scale in "
+              f"{list(config.scale_max_grid)}, eta in {list(config.prior_scale_grid)}) "
               f"minimizing the mean BD on {config.calibration_reps} problems from a seed stream "
               "disjoint from the evaluated ones (the paper grid-searched both on [0.01, 1] "
               "without reporting the values)"
@@ -751,8 +784,8 @@ def run(config: MatchingBDConfig, ctx: RunContext) -> ExperimentResult:
         records = ctx.map_units(units, evaluate, key=lambda u: f"sigma{u[0]}/chunk{u[1]}",
                                 desc="matching-bd units")
     metrics = _summarize(config, records)
-    metrics["settings"] = [{m: {"tau": t, "scale_max": v} for m, (t, v) in s.items()}
-                           for s in settings]
+    metrics["settings"] = [{m: {"tau": t, "scale_max": v, "prior_scale": p}
+                            for m, (t, v, p) in s.items()} for s in settings]
     metrics["calibration"] = calibration
     bd = metrics["bd"]
     return ExperimentResult(
