@@ -136,12 +136,15 @@ def batch_cost(cost: torch.Tensor, name: str = "cost") -> tuple[torch.Tensor, bo
 
 
 def batch_weights(
-    w, size: int, batch: int, batched: bool, like: torch.Tensor, name: str, axis: str
+    w, size: int, batch: int, batched: bool, like: torch.Tensor, name: str, axis: str,
+    *, allow_zero_mass: bool = False,
 ) -> torch.Tensor:
     """Check a weight vector against the problem and return it as ``(B, size)``.
 
     ``None`` gives uniform weights ``1 / size``. Weights may be zero but not negative; a batched
-    problem accepts either ``(size,)`` (shared by the batch) or ``(B, size)``.
+    problem accepts either ``(size,)`` (shared by the batch) or ``(B, size)``. The total mass of
+    each batch entry must be positive unless ``allow_zero_mass`` (a block of rows of a sharded
+    problem may carry none; its total is then checked over the ranks).
     """
     if w is None:
         return like.new_full((batch, size), 1.0 / size)
@@ -161,7 +164,7 @@ def batch_weights(
     check_finite(w, name)
     if bool((w < 0).any()):
         raise ValueError(f"{name} must be non-negative, got min {float(w.min()):.3g}.")
-    if bool((w.sum(-1) <= 0).any()):
+    if not allow_zero_mass and bool((w.sum(-1) <= 0).any()):
         raise ValueError(f"{name} must have a positive total mass, got a batch entry summing to 0.")
     return w
 

@@ -106,14 +106,11 @@ import torch
 import torch.distributed as dist
 
 from ._validation import (
-    as_tensor,
+    batch_weights,
     check_choice,
     check_equal_mass,
-    check_finite,
-    check_float,
     check_nonnegative_int,
     check_positive_int,
-    check_same_dtype_device,
 )
 from .geometry import as_geometry
 from .result import OTResult
@@ -342,25 +339,6 @@ def _check_consistent(values: dict[str, float], device, group) -> None:
                          + ", ".join(bad) + ".")
 
 
-def _rows_weights(w, size, bsz, batched, like, name, axis):
-    """``a`` or ``b`` as ``(B, size)``; unlike :func:`~couplings._validation.batch_weights`, a
-    zero total is allowed (a block of rows may carry no mass; the totals are checked over all
-    ranks)."""
-    w = as_tensor(w, name)
-    check_float(w, name)
-    if w.dim() == 1 and w.shape[0] == size:
-        w = w.unsqueeze(0).expand(bsz, size)
-    elif not (batched and w.dim() == 2 and tuple(w.shape) == (bsz, size)):
-        expected = f"({size},)" + (f" or ({bsz}, {size})" if batched else "")
-        raise ValueError(f"{name} must have shape {expected} to match {axis}, got shape "
-                         f"{tuple(w.shape)}.")
-    check_same_dtype_device(cost=like, **{name: w})
-    check_finite(w, name)
-    if bool((w < 0).any()):
-        raise ValueError(f"{name} must be non-negative, got min {float(w.min()):.3g}.")
-    return w
-
-
 def sinkhorn(
     cost_rows,
     a_rows: torch.Tensor | None = None,
@@ -464,15 +442,10 @@ def sinkhorn(
             raise ValueError("with the NCCL backend the cost rows must be on this process's "
                              f"GPU, got device {c.device}.")
         if a_rows is not None:
-            a_rows = _rows_weights(a_rows, n_local, bsz, geom.batched, c, "a_rows",
-                                   "the rows (n_r) of the cost block")
-        if b is None:
-            b = c.new_full((bsz, m), 1.0 / m)
-        else:
-            b = _rows_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
-            if bool((b.sum(-1) <= 0).any()):
-                raise ValueError("b must have a positive total mass, got a batch entry "
-                                 "summing to 0.")
+            # a block of rows may carry no mass: the total is checked over the ranks
+            a_rows = batch_weights(a_rows, n_local, bsz, geom.batched, c, "a_rows",
+                                   "the rows (n_r) of the cost block", allow_zero_mass=True)
+        b = batch_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
         if init is not None:
             init = _check_init(init, bsz, n_local, m, geom.batched, c)
     except (TypeError, ValueError) as err:
