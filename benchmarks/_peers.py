@@ -154,17 +154,12 @@ def _np(t):
     return t.detach().double().cpu().numpy()
 
 
-def _couplings_accepts(option: str) -> bool:
-    """Whether ``couplings.sinkhorn`` has the keyword ``option`` (older versions lack some)."""
+def _couplings_has_backend():
     import inspect
 
     import couplings
 
-    return option in inspect.signature(couplings.sinkhorn).parameters
-
-
-def _couplings_has_backend():
-    return _couplings_accepts("backend")
+    return "backend" in inspect.signature(couplings.sinkhorn).parameters
 
 
 # ------------------------------------------------------------------------------------------
