@@ -119,7 +119,7 @@ def test_exact_posterior_through_the_histogram_pipeline_gives_bd_near_zero():
 
 def test_unit_record_is_plain_finite_and_seeded():
     config = dataclasses.replace(_small_config(), n_steps=10, n_eval_samples=50)
-    settings = {"stick-breaking": (1.0, 0.3), "rounding": (1.0, 0.1)}
+    settings = {"stick-breaking": (1.0, 0.3, None), "rounding": (1.0, 0.1, None)}
     r = run_unit(config, 0, 1, 0, settings=settings)
     check_plain(r)  # it can go into a checkpoint
     assert r["reps"] == [0, 1] and r["sigma"] == 0.5

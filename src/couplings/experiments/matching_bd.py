@@ -498,17 +498,17 @@ def choose_settings(
         rows = [r for r in calibration if r["sigma_index"] == k]
         chosen.append({m: min(rows, key=lambda r, m=m: r["bd"][m])
                        for m in VARIATIONAL})
-        chosen[-1] = {m: (r["tau"], r["scale_max"], r.get("prior_scale"))
+        chosen[-1] = {m: (r["tau"], r["scale_max"], r["prior_scale"])
                       for m, r in chosen[-1].items()}
     return chosen
 
 
 def run_unit(config: MatchingBDConfig, seed: int, sigma_index: int, chunk: int,
-             settings: dict[str, tuple] | None = None) -> dict[str, Any]:
+             settings: dict[str, tuple[float, float, float | None]] | None = None
+             ) -> dict[str, Any]:
     """Fit and score every method on the repetitions of ``chunk`` at ``sigmas[sigma_index]``.
 
-    ``settings`` maps each variational method to its ``(tau, scale_max, prior_scale)``, or
-    ``(tau, scale_max)`` with the flat prior (default:
+    ``settings`` maps each variational method to its ``(tau, scale_max, prior_scale)`` (default:
     :meth:`MatchingBDConfig.fixed_settings`). Returns plain data (it goes into the checkpoint):
     the BD of each method on each repetition, the final ELBOs, the posterior mass of the MAP,
     and the wall times (``*_time_s``).
@@ -530,9 +530,7 @@ def run_unit(config: MatchingBDConfig, seed: int, sigma_index: int, chunk: int,
         posterior, counts / config.n_eval_samples).tolist()
 
     for method in VARIATIONAL:
-        tau, scale_max, *prior = settings[method]
-        fit = fit_and_score(config, batch, sigma, method, tau, scale_max,
-                            prior[0] if prior else None, gen)
+        fit = fit_and_score(config, batch, sigma, method, *settings[method], gen)
         record["bd"][method] = fit["bd"]
         record["final_elbo"][method] = fit["final_elbo"]
         record[f"{method}_time_s"] = fit["time_s"]
@@ -650,7 +648,7 @@ def _tables(config: MatchingBDConfig, metrics: dict[str, Any]) -> list[Table]:
     )
     settings_rows = [
         [_label(m)] + [f"τ={st[m]['tau']:g}, max scale {st[m]['scale_max']:g}, "
-                       + ("flat prior" if st[m].get("prior_scale") is None
+                       + ("flat prior" if st[m]["prior_scale"] is None
                           else f"prior eta {st[m]['prior_scale']:g}")
                        for st in metrics["settings"]]
         for m in VARIATIONAL
