@@ -36,7 +36,7 @@ def _small_config():
     """The quick setting, cut down further so that the whole pipeline runs in seconds."""
     return dataclasses.replace(
         MatchingBDConfig.quick(), sigmas=(0.1, 0.5), n_reps=4, reps_per_unit=2,
-        calibration_reps=2, tau_grid=(1.0,), scale_max_grid=(0.1, 0.3), n_steps=40,
+        calibration_reps=2, tau_grid=(1.0,), scale_max_grid=(0.1, 0.3), n_steps=80,
         n_eval_samples=200, mallows_thetas=(0.5, 5.0),
     )
 

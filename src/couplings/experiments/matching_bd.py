@@ -147,7 +147,12 @@ class MatchingBDConfig:
             ``[0.1, 0.5]``).
         sinkhorn_iters: Sinkhorn rounds for the rounding family's mean (paper: 10).
         n_steps: Adam steps per fit.
-        lr: Adam learning rate (paper: 0.1).
+        lr: Adam learning rate at the start (paper: 0.1).
+        lr_final: learning rate at the last step, reached by a cosine schedule (``None``: the
+            constant ``lr``, as the paper). Our choice: 1e-3. With a constant 0.1 the last
+            steps' noise leaves the mean of the rounding family wherever the final update put
+            it; annealed, its calibration BD drops by 0.03-0.05 at sigma >= 0.5 (12 held-out
+            problems, 500 steps).
         n_mc_samples: Monte-Carlo samples per ELBO estimate.
         n_eval_samples: samples of each fitted ``q`` rounded to permutations for its histogram
             (the authors' notebook: 1000).
@@ -181,10 +186,11 @@ class MatchingBDConfig:
     sinkhorn_iters: int = 10
     n_steps: int = 500
     lr: float = 0.1
+    lr_final: float | None = 1e-3
     n_mc_samples: int = 10
     n_eval_samples: int = 1000
     prior_scale: float | None = None
-    prior_scale_grid: tuple[float | None, ...] = (None, 0.3, 1.0)
+    prior_scale_grid: tuple[float | None, ...] = (None, 0.3, 0.5, 1.0)
     num_threads: int = 1
 
     @classmethod
@@ -237,6 +243,9 @@ class MatchingBDConfig:
                              f"got {self.prior_scale_grid!r}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}.")
+        if self.lr_final is not None and not 0 < self.lr_final <= self.lr:
+            raise ValueError(f"lr_final must be None or in (0, lr={self.lr!r}], got "
+                             f"{self.lr_final!r}.")
         if isinstance(self.num_threads, bool) or not (
             isinstance(self.num_threads, int) and self.num_threads >= 0
         ):
@@ -397,19 +406,25 @@ def fit_family(
     n_mc_samples: int,
     generator: torch.Generator,
     prior_scale: float | None = None,
+    lr_final: float | None = None,
 ) -> list[float]:
     r"""Maximize the relaxed ELBO of a batch of independent problems with Adam, in place.
 
     :math:`\mathrm{ELBO}_b = \mathbb{E}_{q_b}[\log p(y_b \mid X) - \log q_b(X)]`, estimated with
     ``n_mc_samples`` reparameterized samples; the loss is :math:`-\sum_b \mathrm{ELBO}_b`, so
-    each problem's parameters get their own ELBO's gradient.
+    each problem's parameters get their own ELBO's gradient. With ``lr_final`` the learning
+    rate follows a cosine from ``lr`` at the first step to ``lr_final`` at the last.
 
     Returns:
         The mean ELBO over the batch at every step.
     """
     opt = torch.optim.Adam(family.parameters(), lr=lr)
     trace = []
-    for _ in range(n_steps):
+    for step in range(n_steps):
+        if lr_final is not None and n_steps > 1:
+            progress = step / (n_steps - 1)
+            opt.param_groups[0]["lr"] = lr_final + 0.5 * (lr - lr_final) * (
+                1 + math.cos(math.pi * progress))
         opt.zero_grad(set_to_none=True)
         x, log_q = family.rsample(n_mc_samples, generator=generator)  # (S, B, n, n), (S, B)
         log_joint = relaxed_log_likelihood(x, centres, obs, sigma)
@@ -462,7 +477,7 @@ def fit_and_score(config: MatchingBDConfig, batch: _Batch, sigma: float, method:
     family = make_family(method, config, batch.centres.shape[0], tau, scale_max)
     trace = fit_family(family, batch.centres, batch.obs, sigma, n_steps=config.n_steps,
                        lr=config.lr, n_mc_samples=config.n_mc_samples, generator=generator,
-                       prior_scale=prior_scale)
+                       prior_scale=prior_scale, lr_final=config.lr_final)
     with torch.no_grad():
         x, _ = family.rsample(config.n_eval_samples, generator=generator)  # (S, B, n, n)
         pmf = empirical_pmf(round_to_permutation(x))  # (B, n!)
@@ -730,8 +745,12 @@ def _notes(config: MatchingBDConfig, metrics: dict[str, Any]) -> list[str]:
         "(shared across σ). BD = sqrt(1 - Σ sqrt(p q)).",
         "Variational fits: relaxed ELBO E_q[log N(y; X^T x, σ² I) + log p(X) - log q(X)], "
         f"{prior}; "
-        f"Adam lr {config.lr:g}, {config.n_steps} steps, {config.n_mc_samples} samples per "
-        "step, no annealing, float64; means initialized at zero (stick-breaking: β = 1/2; "
+        f"Adam lr {config.lr:g}"
+        + (f" annealed to {config.lr_final:g} by a cosine (ours; the paper's lr is constant)"
+           if config.lr_final is not None else " (constant, the paper's)")
+        + f", {config.n_steps} steps, {config.n_mc_samples} samples per "
+        "step, no temperature annealing, float64; means initialized at zero "
+        "(stick-breaking: β = 1/2; "
         "rounding: M̃ = 11ᵀ/N); stick-breaking ν in [1e-8, max]; rounding V in "
         f"[{config.rounding_scale_min:g}, max] with {config.sinkhorn_iters} Sinkhorn iterations "
         f"for M̃; {tuning}. Histograms: {config.n_eval_samples} samples per fitted q, each "
