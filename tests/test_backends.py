@@ -89,6 +89,23 @@ def test_kernel_path_runs_matvecs_and_falls_back_at_small_eps(monkeypatch, dtype
         torch.testing.assert_close(res.plan, ref.plan, rtol=0, atol=10 * tol)
 
 
+def test_kernel_absorptions_reuse_one_buffer(monkeypatch):
+    made = _spy_kernel(monkeypatch)
+    pointers = []
+    absorb = _softmin.KernelSoftmin._absorb
+
+    def spy(self, alpha, beta):
+        absorb(self, alpha, beta)
+        pointers.append(self.kt.data_ptr())
+
+    monkeypatch.setattr(_softmin.KernelSoftmin, "_absorb", spy)
+    x, y, a, b = _problem(bsz=1, n=60, m=70, dtype=torch.float32, zeros=False)
+    res = sinkhorn(torch.cdist(x, y) ** 2, a, b, eps=0.002, tol=1e-5, max_iter=50_000,
+                   backend="kernel")
+    assert bool(res.converged.all()) and made[-1].n_absorb == len(pointers) > 10
+    assert len(set(pointers)) == 1
+
+
 def test_kernel_path_falls_back_to_the_log_domain_when_reanchoring_fails(monkeypatch):
     """Over-relaxed at a small eps, some re-anchored products still leave the safe range; those
     updates are redone in the log domain, and the solve stays equal to the log-domain one."""
@@ -100,6 +117,7 @@ def test_kernel_path_falls_back_to_the_log_domain_when_reanchoring_fails(monkeyp
     res = sinkhorn(cost, a, b, backend="kernel", **kw)
     ops = made[-1]
     assert bool(res.converged.all()) and ops.n_log > 2 and ops.n_reanchor > 0
+    assert ops.kt.data_ptr() == ops.buffer.data_ptr()  # every absorption wrote in place
     torch.testing.assert_close(res.value, ref.value, rtol=0, atol=1e-4)
     torch.testing.assert_close(res.plan, ref.plan, rtol=0, atol=1e-4)
 
