@@ -80,8 +80,8 @@ def test_kernel_path_runs_matvecs_and_falls_back_at_small_eps(monkeypatch, dtype
         # are log-domain, then one absorption
         assert ops.n_matvec > 50 * ops.n_log and ops.n_log >= 2
         # far from convergence at a small eps the potentials leave the safe range more often;
-        # each time the kernel is re-anchored at the current potentials and the product
-        # retried (here it always succeeds, so no further log-domain update)
+        # each time the kernel is re-anchored ahead of the current potentials and the
+        # product retried (here it always succeeds, so no further log-domain update)
         assert ops.n_absorb == 1 + ops.n_reanchor and ops.n_log == 2
         assert (ops.n_absorb <= 3) == few_absorptions
         atol = 1e-4 * eps / 0.002 if dtype == torch.float32 else 1e-8

@@ -419,12 +419,10 @@ def fit_family(
         The mean ELBO over the batch at every step.
     """
     opt = torch.optim.Adam(family.parameters(), lr=lr)
+    schedule = (None if lr_final is None else torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(1, n_steps - 1), eta_min=lr_final))
     trace = []
-    for step in range(n_steps):
-        if lr_final is not None and n_steps > 1:
-            progress = step / (n_steps - 1)
-            opt.param_groups[0]["lr"] = lr_final + 0.5 * (lr - lr_final) * (
-                1 + math.cos(math.pi * progress))
+    for _ in range(n_steps):
         opt.zero_grad(set_to_none=True)
         x, log_q = family.rsample(n_mc_samples, generator=generator)  # (S, B, n, n), (S, B)
         log_joint = relaxed_log_likelihood(x, centres, obs, sigma)
@@ -433,6 +431,8 @@ def fit_family(
         elbo = (log_joint - log_q).mean(0)  # (B,)
         (-elbo.sum()).backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         trace.append(float(elbo.detach().mean()))
     return trace
 

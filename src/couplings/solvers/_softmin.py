@@ -385,9 +385,7 @@ class KernelSoftmin(DenseSoftmin):
         # after the first row update alone typically fails the column update (columns far
         # from every row carry sums below exp(-L) before their first update)
         self.skip, self.backoff = 2, 1
-        self.last = {True: None, False: None}  # the latest row and column results
-        self.before = {True: None, False: None}  # the results before those
-        self.inputs = {True: None, False: None}  # the inputs of the latest updates
+        self._forget()
         # counts, for benchmarks and tests
         self.n_matvec = self.n_log = self.n_absorb = self.n_reanchor = 0
 
@@ -399,9 +397,15 @@ class KernelSoftmin(DenseSoftmin):
         if eps != self.eps:
             super().set_eps(eps)
             self.kt = self.alpha = self.beta = None
-            self.last = {True: None, False: None}
-            self.before = {True: None, False: None}
-            self.inputs = {True: None, False: None}
+            self._forget()
+
+    def _forget(self):
+        """Drop the history the re-anchoring extrapolates from (keyed by ``rows``): the latest
+        row and column results, the results before those, and the inputs of the latest
+        updates."""
+        self.last = {True: None, False: None}
+        self.before = {True: None, False: None}
+        self.inputs = {True: None, False: None}
 
     def select(self, keep: torch.Tensor):
         super().select(keep)
@@ -439,7 +443,7 @@ class KernelSoftmin(DenseSoftmin):
         if self.kt is not None and self.skip == 0:
             out = self._try(rows, pot, weights)
             if out is None and self.last[rows] is not None:
-                # re-anchor at the input and this side's last result, and retry: an
+                # re-anchor ahead of the input and of this side's last result, and retry: an
                 # absorption and a product instead of a log-domain update and an absorption
                 # (most failures are potentials that drifted beyond L from old anchors)
                 ahead_in = _ahead(pot, self.inputs[rows], self.limit)
