@@ -153,20 +153,6 @@ def _absorb(out, alpha, beta, cost, scale, cutoff):
     return out.copy_(torch.where(z >= cutoff, torch.exp(z.clamp_min(cutoff)), torch.zeros_like(z)))
 
 
-def _kernel_weights(pot, anchor, weights):
-    """The vector of a kernel-domain update, ``weights * exp(pot - anchor)`` ``(B, k, 1)``,
-    and the largest deviation ``|pot - anchor|`` over positive weights (a 0-d tensor)."""
-    dev = torch.where(weights > 0, pot - anchor, torch.zeros_like(pot))
-    return (weights * torch.exp(dev)).unsqueeze(-1), dev.abs().amax()
-
-
-def _kernel_finish(total, other_anchor, max_dev, limit):
-    """``other_anchor - log(total)`` and whether the update was safe: deviation within
-    ``limit`` and every sum within ``exp(+-limit)`` (a 0-d bool tensor)."""
-    ok = (max_dev <= limit) & (total >= torch.exp(-limit)).all() & (total <= torch.exp(limit)).all()
-    return other_anchor - torch.log(total), ok
-
-
 def _sqdist(x, yt):
     """``|x_i - y_j|^2`` ``(B, n, m)`` from ``x`` ``(B, n, d)`` and ``yt`` ``(B, d, m)``, by
     differences (no cancellation), written per coordinate so that the compiler fuses it into
@@ -379,6 +365,8 @@ class KernelSoftmin(DenseSoftmin):
         low_precision = torch.finfo(cost.dtype).bits <= 32
         limit, self.cutoff = (15.0, -58.0) if low_precision else (30.0, -300.0)
         self.limit = torch.tensor(limit, dtype=cost.dtype, device=cost.device)
+        self.limit_value = limit
+        self.positive: dict[bool, bool] = {}  # rows -> every weight of that side positive
         self.kt = self.alpha = self.beta = None
         self.buffer = None  # the kernel's memory, reused by every absorption
         # the first two updates (rows, then columns) run in the log domain: a kernel absorbed
@@ -412,19 +400,35 @@ class KernelSoftmin(DenseSoftmin):
         if self.kt is not None:
             self.kt, self.alpha, self.beta = self.kt[keep], self.alpha[keep], self.beta[keep]
         self.buffer = self.kt  # a copy of the kept problems' kernels, of the new shape
+        self.positive = {}
         self.last, self.before, self.inputs = (
             {k: None if p is None else p[keep] for k, p in d.items()}
             for d in (self.last, self.before, self.inputs))
 
     def _matvec(self, pot, anchor, weights, other_anchor, rows: bool):
-        """The kernel-domain update, or ``None`` when it is not safe here (one sync: a
-        deviation beyond the limit shows in the same check as a sum out of range; an
-        overflowing ``exp`` only makes that sum non-finite)."""
-        w, max_dev = _kernel_weights(pot, anchor, weights)  # (eager: a compiled call costs
-        kt = self.kt if rows else self.kt.transpose(-2, -1)  # more than these few small ops)
-        total = torch.bmm(kt, w).squeeze(-1)  # (B, n) for the rows, (B, m) for the columns
-        out, ok = _kernel_finish(total, other_anchor, max_dev, self.limit)
-        return out if bool(ok) else None
+        """The kernel-domain update, or ``None`` when it is not safe here.
+
+        Safe means ``|pot - anchor| <= L`` where the weights are positive and
+        ``|log sum| <= L``; both show in one number, so the update costs one sync. A
+        non-finite sum (overflow, or 0) makes that number non-finite, hence unsafe. Eager
+        torch, in as few passes as possible: at n = 1000 these small operations cost as much
+        as the product itself, and a compiled call costs more than all of them.
+        """
+        dev = pot - anchor  # (B, k)
+        if not self._positive(rows, weights):  # zero weights: their potentials may be -inf
+            dev = torch.where(weights > 0, dev, torch.zeros_like(dev))
+        w = torch.exp(dev).mul_(weights).unsqueeze(-1)  # (B, k, 1)
+        kt = self.kt if rows else self.kt.transpose(-2, -1)
+        log_total = torch.log(torch.bmm(kt, w).squeeze(-1))  # (B, n) rows, (B, m) columns
+        worst = torch.maximum(torch.linalg.vector_norm(dev, math.inf),
+                              torch.linalg.vector_norm(log_total, math.inf))
+        return other_anchor - log_total if float(worst) <= self.limit_value else None
+
+    def _positive(self, rows: bool, weights) -> bool:
+        """Whether every weight of this side is positive (one sync per side and solve)."""
+        if rows not in self.positive:
+            self.positive[rows] = bool((weights > 0).all())
+        return self.positive[rows]
 
     def _absorb(self, alpha, beta):
         """A new kernel at the anchors ``alpha`` ``(B, n)``, ``beta`` ``(B, m)``, in place."""
