@@ -914,10 +914,10 @@ def sinkhorn(
             moved more than 15 eps (30 in float64) from the last absorption, or whose sums
             left ``exp(+-15)``, re-anchors the kernel and retries, and is redone by the
             compiled log-domain kernel if that fails too, so it is float32-safe at any eps
-            (at worst it runs at log-domain speed); it keeps a second ``B x n x m`` matrix. ``"online"``: a
-            :class:`~couplings.PointCloud` is never turned into a matrix; the cost is
-            evaluated block by block inside the kernel (memory ``O((n + m) d)``), balanced
-            OT with ``grad="envelope"`` (``value`` differentiates to the points, block by
+            (at worst it runs at log-domain speed); it keeps a second ``B x n x m`` matrix.
+            ``"online"``: a :class:`~couplings.PointCloud` is never turned into a matrix; the
+            cost is evaluated block by block inside the kernel (memory ``O((n + m) d)``),
+            balanced OT with ``grad="envelope"`` (``value`` differentiates to the points, block by
             block); the result has no ``plan``, ``linear_value`` or certificate. ``"auto"``
             (default): online for a point cloud whose dense cost would exceed 2 GiB (when
             balanced, envelope), else kernel from ``2**18`` cost entries
