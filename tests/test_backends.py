@@ -314,3 +314,19 @@ def test_cuda_backends_match_cpu(backend):
                    backend=backend, grad="envelope")
     assert gpu.backend == backend and gpu.f.device.type == "cuda"
     torch.testing.assert_close(cpu.value, gpu.value.cpu(), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_result_reports_what_the_solve_did(monkeypatch):
+    made = _spy_kernel(monkeypatch)
+    x, y, a, b = _problem(bsz=1, n=60, m=70, dtype=torch.float32, zeros=False)
+    cost = torch.cdist(x, y) ** 2
+    res = sinkhorn(cost, a, b, eps=0.002, tol=1e-5, max_iter=50_000, backend="kernel")
+    ops = made[-1]
+    assert res.kernel_counts == {"products": ops.n_matvec, "log_updates": ops.n_log,
+                                 "absorptions": ops.n_absorb, "reanchorings": ops.n_reanchor}
+    # one product per update but the first two (log domain): two updates per iteration, and
+    # the last row update, whose result gives the error that stops the solve
+    counts = res.kernel_counts
+    assert counts["products"] + counts["log_updates"] == 2 * res.n_iter + 1
+    assert counts["absorptions"] == 1 + counts["reanchorings"] > 1
+    assert sinkhorn(cost, a, b, eps=0.5, backend="tensorized").kernel_counts is None

@@ -145,3 +145,26 @@ def test_bad_momentum_is_rejected():
     cs = c[:6, :6] + c[:6, :6].T
     with pytest.raises(ValueError, match="symmetric"):
         sinkhorn(cs, a, a, eps=0.1, symmetric=True, momentum="adaptive")
+
+
+def test_result_reports_the_final_omega():
+    _, _, a, b, c = random_problem(20, 25, seed=4, batch=5)
+    eps = torch.tensor([0.5, 0.1, 0.03, 0.01, 0.2], dtype=c.dtype)
+    c = c / eps[:, None, None]
+    kw = dict(eps=1.0, tol=1e-9, max_iter=20_000)
+    plain = sinkhorn(c, a, b, momentum=1.0, **kw)
+    torch.testing.assert_close(plain.omega, torch.ones(5, dtype=c.dtype))
+    fixed = sinkhorn(c, a, b, momentum=1.5, **kw)
+    torch.testing.assert_close(fixed.omega, torch.full((5,), 1.5, dtype=c.dtype))
+    # adaptive: relaxed where it helps, each problem's own omega (as when solved alone), and
+    # within the cap of 2 / (1 + sqrt(0.01))
+    auto = sinkhorn(c, a, b, **kw)
+    assert bool((auto.omega >= 1).all()) and bool((auto.omega <= 1.8182).all())
+    assert bool((auto.omega > 1.3).any())
+    for i in range(5):
+        one = sinkhorn(c[i], a[i], b[i], **kw)
+        assert one.omega.shape == () and float(one.omega) == float(auto.omega[i])
+    # a symmetric problem is never relaxed
+    x = random_problem(20, 20, seed=5)[0]
+    sym = sinkhorn(torch.cdist(x, x) ** 2, eps=0.1, symmetric=True)
+    assert bool(sym.converged) and float(sym.omega) == 1.0

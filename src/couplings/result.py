@@ -86,8 +86,16 @@ class OTResult:
             tolerance (or stopped), ``(B,)`` int64; ``None`` for a solver that does not report
             it.
         backend: how the solver evaluated its updates (Sinkhorn: ``"tensorized"``,
-            ``"compiled"`` or ``"online"``, what ``backend="auto"`` chose); ``None`` for a
-            solver without backends.
+            ``"compiled"``, ``"kernel"`` or ``"online"``, what ``backend="auto"`` chose);
+            ``None`` for a solver without backends.
+        omega: the over-relaxation each problem ended with, ``(B,)`` (Sinkhorn's
+            ``momentum``: 1 for plain iterations, including a problem whose safeguard stopped
+            the relaxation); ``None`` for a solver without it.
+        kernel_counts: for Sinkhorn's ``"kernel"`` backend, what the solve did, over the whole
+            batch: matrix-vector ``products``, ``log_updates`` (the first row and column
+            updates and every fallback), ``absorptions`` (exp passes over the cost) and the
+            ``reanchorings`` among them. Many log updates mean the kernel path ran at
+            log-domain speed (very small eps far from convergence). ``None`` otherwise.
 
     Computed on first access and cached (each costs ``O(B n m)``):
 
@@ -131,6 +139,8 @@ class OTResult:
     rho: tuple[float, float] | None = None
     n_iter_per_problem: torch.Tensor | None = None
     backend: str | None = None
+    omega: torch.Tensor | None = None
+    kernel_counts: dict[str, int] | None = None
 
     @classmethod
     def from_batched(
@@ -152,6 +162,8 @@ class OTResult:
         rho: tuple[float, float] | None = None,
         n_iter_per_problem: torch.Tensor | None = None,
         backend: str | None = None,
+        omega: torch.Tensor | None = None,
+        kernel_counts: dict[str, int] | None = None,
     ) -> OTResult:
         """Build a result from a solver's batched tensors (``(B, ...)``, cost ``(B, n, m)``, or
         a function returning it), removing the batch axis when the call was unbatched."""
@@ -165,7 +177,8 @@ class OTResult:
             _plan_fn=lambda: shape(plan_fn()),
             _cost_fn=lambda: shape(cost() if callable(cost) else cost), rho=rho,
             n_iter_per_problem=None if n_iter_per_problem is None else shape(n_iter_per_problem),
-            backend=backend,
+            backend=backend, omega=None if omega is None else shape(omega),
+            kernel_counts=kernel_counts,
         )
 
     @cached_property
@@ -281,6 +294,8 @@ class OTResult:
                 _plan_fn=lambda k=k, n=n, m=m: self.plan[k, :n, :m],
                 _cost_fn=lambda k=k, n=n, m=m: self._cost_fn()[k, :n, :m],
                 rho=self.rho, n_iter_per_problem=iters, backend=self.backend,
+                omega=None if self.omega is None else self.omega[k],
+                kernel_counts=self.kernel_counts,
             ))
         return out
 

@@ -424,6 +424,13 @@ class KernelSoftmin(DenseSoftmin):
                               torch.linalg.vector_norm(log_total, math.inf))
         return other_anchor - log_total if float(worst) <= self.limit_value else None
 
+    def counts(self) -> dict[str, int]:
+        """What the solve did: matrix-vector ``products``, ``log_updates`` (the first two and
+        every fallback), ``absorptions`` (exp passes over the cost) and the ``reanchorings``
+        among them (after a product left the safe range)."""
+        return {"products": self.n_matvec, "log_updates": self.n_log,
+                "absorptions": self.n_absorb, "reanchorings": self.n_reanchor}
+
     def _positive(self, rows: bool, weights) -> bool:
         """Whether every weight of this side is positive (one sync per side and solve)."""
         if rows not in self.positive:

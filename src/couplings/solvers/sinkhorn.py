@@ -194,8 +194,9 @@ def _iterate(
 ):
     """Run Sinkhorn with the soft-min updates ``ops`` (a :mod:`._softmin` object holding the
     cost of ``B`` problems ``n x m``); return potentials ``f, g`` ``(B, n), (B, m)``, the
-    iterations (the largest over the batch), error ``(B,)``, converged ``(B,)`` and the
-    iterations of each problem ``(B,)``.
+    iterations (the largest over the batch), error ``(B,)``, converged ``(B,)``, the
+    iterations of each problem ``(B,)`` and its over-relaxation at the end ``(B,)`` (1 for
+    plain iterations).
 
     Plain alternating updates return a pair that satisfies the column update exactly
     (``P^T 1 = b``); ``error`` is the row violation ``|P 1 - a|_1`` of that pair, hence the full
@@ -295,6 +296,9 @@ def _iterate(
     prev_err = relaxed_err = a.new_full((bsz,), math.inf)
     next_check = min_iter  # the earliest due_at of the active problems
 
+    def omega_of(like):  # (B,) the over-relaxation of each problem computed, 1 when plain
+        return like.new_ones(like.shape[0]) if omega is None else omega.squeeze(-1).detach()
+
     def weighted(w, dev):  # sum_i w_i |dev_i|, 0 where w_i = 0 (even if dev_i overflowed)
         return torch.where(w > 0, w * dev.abs(), 0.0)
 
@@ -323,7 +327,9 @@ def _iterate(
                     err_now = err_now + weighted(b, torch.expm1(v - s)).sum(-1)
                 if k in refine_at:
                     relaxed = (err_now / err_from) ** (1.0 / refine_at[k])
-                    eta = torch.minimum(_refined_rate(eta, relaxed, omega.squeeze(-1)), cap)
+                    # (a converged problem is frozen: its omega stays as it ended)
+                    eta = torch.where(active, torch.minimum(
+                        _refined_rate(eta, relaxed, omega.squeeze(-1)), cap), eta)
                     new_omega = _relaxation(eta).unsqueeze(-1).to(u.dtype)
                     # a changed omega has a transient: the safeguard starts over from here
                     changed = (new_omega != omega).squeeze(-1)
@@ -372,11 +378,12 @@ def _iterate(
             everyone = n_active == active.shape[0]
             if n_active <= _COMPACT_BELOW * active.shape[0]:
                 keep = active.nonzero().squeeze(-1)
+                now = (u, v, error, iters, omega_of(u))
                 if index is None:
-                    index, whole = keep, (u, v, error, iters)
+                    index, whole = keep, now
                 else:
                     whole = tuple(w.index_copy(0, index, x) for w, x in
-                                  zip(whole, (u, v, error, iters), strict=True))
+                                  zip(whole, now, strict=True))
                     index = index[keep]
                 ops.select(keep)
                 a, b, log_a, log_b, weight = (x[keep] for x in (a, b, log_a, log_b, weight))
@@ -412,13 +419,14 @@ def _iterate(
         iters = torch.full_like(active, n_iter, dtype=torch.long)
     else:
         iters = torch.where(active, n_iter, iters)
+    omega = omega_of(u)
     if index is not None:
-        u, v, error, iters = (w.index_copy(0, index, x) for w, x in
-                              zip(whole, (u, v, error, iters), strict=True))
+        u, v, error, iters, omega = (w.index_copy(0, index, x) for w, x in
+                                     zip(whole, (u, v, error, iters, omega), strict=True))
         if symmetric:
             v = u
     converged = error <= tol
-    return u * eps, v * eps, n_iter, error, converged, iters
+    return u * eps, v * eps, n_iter, error, converged, iters, omega
 
 
 # --------------------------------------------------------------------------------------------
@@ -789,7 +797,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
     sq = geom.cost_name == "sqeuclidean"
     with torch.no_grad():
         ops = OnlineSoftmin(x.detach(), y.detach(), geom.cost_fn, eps, sqeuclidean=sq)
-        f, g, n_iter, error, converged, iters = _iterate(
+        f, g, n_iter, error, converged, iters, omega = _iterate(
             ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling, check_every,
             init, symmetric, momentum=momentum,
         )
@@ -802,6 +810,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
         plan_fn=_online_only("plan"), cost=_online_only("cost matrix (nor linear_value, "
                                                         "rounded_plan or gap)"),
         n_iter=n_iter, eps=eps, solver="sinkhorn", n_iter_per_problem=iters, backend="online",
+        omega=omega,
     )
 
 
@@ -1039,7 +1048,7 @@ def sinkhorn(
         init = _check_init(init, bsz, n, m, geom.batched, c, keep_grad=grad == "unroll")
     if grad == "unroll":
         ops = DenseSoftmin(c, eps, unroll=True, compiled=False)
-        f, g, n_iter, error, converged, iters = _iterate(
+        f, g, n_iter, error, converged, iters, omega = _iterate(
             ops, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, symmetric, rho,
             momentum,
         )
@@ -1049,11 +1058,12 @@ def sinkhorn(
                 ops = KernelSoftmin(c.detach(), eps)
             else:
                 ops = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled")
-            f, g, n_iter, error, converged, iters = _iterate(
+            f, g, n_iter, error, converged, iters, omega = _iterate(
                 ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
                 check_every, init, symmetric, rho, momentum,
             )
     backend = ops.backend  # "tensorized" if compilation failed
+    kernel_counts = ops.counts() if isinstance(ops, KernelSoftmin) else None
     if min_iter < max_iter and not bool(converged.all()):
         _warn_not_converged(converged, error, tol, n_iter, eps, bsz, stacklevel=2)
 
@@ -1071,6 +1081,7 @@ def sinkhorn(
             geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
             plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
             solver="sinkhorn", rho=rho, n_iter_per_problem=iters, backend=backend,
+            omega=omega, kernel_counts=kernel_counts,
         )
 
     if grad == "implicit":
@@ -1087,5 +1098,6 @@ def sinkhorn(
     return OTResult.from_batched(
         geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
         plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
-        solver="sinkhorn", n_iter_per_problem=iters, backend=backend,
+        solver="sinkhorn", n_iter_per_problem=iters, backend=backend, omega=omega,
+        kernel_counts=kernel_counts,
     )
