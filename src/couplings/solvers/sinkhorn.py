@@ -819,7 +819,7 @@ def _warn_not_converged(converged, error, tol, n_iter, eps, bsz, stacklevel):
     warnings.warn(
         f"sinkhorn did not converge for {bad} of {bsz} problem(s): marginal error "
         f"{float(error.max()):.3g} > tol={tol:g} after {n_iter} iterations (eps={eps:g}). "
-        "Increase max_iter, use scaling=0.9, or increase eps.",
+        "Increase max_iter, use scaling=0.7, or increase eps.",
         ConvergenceWarning,
         stacklevel=stacklevel + 1,
     )
@@ -883,8 +883,12 @@ def sinkhorn(
             is issued.
         scaling: epsilon scaling. ``None`` solves at ``eps`` directly; a factor in ``(0, 1)``
             first anneals from the cost's range down to ``eps`` by that factor, one iteration per
-            value, which makes small ``eps`` converge in far fewer iterations (``0.9`` is a good
-            choice below ``eps = 0.01 * mean cost``).
+            value, which makes small ``eps`` converge in fewer iterations. With the default
+            ``momentum``, ``0.7`` is a good choice at ``eps = 0.001 * mean cost`` (measured on
+            2-D and 3-D Gaussians and shapes, n = 1000: 1.1-2.3x fewer iterations than without;
+            0.5 and 0.9 within 15% of it); at ``0.01 * mean cost`` annealing changes little, and
+            at ``0.1`` it costs iterations. It is not automatic: a batch anneals from the range
+            of all its costs, so it would no longer equal its problems one by one.
         grad: how gradients flow to the cost, the weights and (through the cost) the points:
             ``None`` (the default) is ``"implicit"``, or ``"envelope"`` on the online backend;
             ``"implicit"`` (the implicit function theorem at the fixed point; memory independent
