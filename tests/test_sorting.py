@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from couplings.experiments import get
 from couplings.experiments.runner import run_experiment
 from couplings.experiments.sorting import PAPER_PROP_ANY_WRONG, SortingConfig
@@ -15,6 +17,9 @@ def test_small_sorting_run_learns_and_reports_paper_beside_ours(tmp_path):
     u01 = metrics["summary"]["U(0,1)"]["5"]
     assert u01["prop_any_wrong"] <= 0.01 and u01["kendall_tau"] >= 0.99
     assert metrics["criterion_u01_prop_any_wrong_le_0.01"] is True
+    # scores linear in x (the default init): a network that sorts U(0, 1) has increasing
+    # slopes, so it sorts shifted lists too (scored in float64)
+    assert metrics["summary"]["U(1000,1001)"]["5"]["prop_any_wrong"] <= 0.01
     report = (tmp_path / "sorting" / "report.md").read_text()
     assert "N=5 (paper)" in report and "U(1000,1001)" in report
     assert (tmp_path / "sorting" / "prop_any_wrong_vs_n.png").stat().st_size > 10_000
@@ -40,3 +45,21 @@ def test_failed_trainings_are_restarted_and_the_best_by_validation_is_kept(tmp_p
     assert 0.0 <= unit["valid_prop_any_wrong"] <= 1.0
     assert 0.0 <= unit["check_prop_any_wrong"] <= 1.0
     assert "restarts per N: 5: 2" in (tmp_path / "sorting" / "report.md").read_text()
+
+
+def test_linear_init_keeps_the_scores_linear_through_training():
+    import torch
+
+    from couplings.experiments.sorting import _train, make_network
+
+    config = SortingConfig(n_values=(6,), min_steps=40, steps_per_item=1, n_valid=20)
+    net, _ = _train(6, config, torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(net.g1[0].bias) == 0 and not net.g1[0].bias.requires_grad
+    x = torch.rand(2, 6, 1, dtype=torch.float64) * 5
+    net = net.double()
+    torch.testing.assert_close(net(2 * x) - net(x), net(x) - net(0 * x))
+    # torch's default init puts kinks in [0, 1]: not linear
+    other = make_network(6, 32, "torch").double()
+    assert not torch.allclose(other(2 * x) - other(x), other(x) - other(0 * x))
+    with pytest.raises(ValueError, match="init must be"):
+        SortingConfig(init="glorot")
