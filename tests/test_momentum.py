@@ -59,7 +59,7 @@ def test_refinement_windows_double():
 def test_adaptive_relaxation_comes_near_the_best_fixed_omega():
     # the first rate (iterations 4 to 8) is measured in the transport phase and underestimates
     # the asymptotic one; the refinement brings the iterations within 1.5x of the best fixed
-    # omega of a grid, problem by problem (without it: 2.0x-2.5x on the harder three)
+    # omega of a grid, problem by problem (without it: 1.9x-2.5x on the harder three)
     _, _, a, b, c = random_problem(30, 40, seed=11, batch=4)
     eps = torch.tensor([0.3, 0.1, 0.05, 0.02], dtype=c.dtype)[:, None, None]
     opts = dict(eps=1.0, tol=1e-8, max_iter=5000, check_every=1)
