@@ -125,8 +125,7 @@ class SortingConfig:
     num_threads: int = 1
 
     def __post_init__(self):
-        if self.init not in ("linear", "torch"):
-            raise ValueError(f"init must be 'linear' or 'torch', got {self.init!r}.")
+        _check_init(self.init)
 
     @classmethod
     def quick(cls) -> SortingConfig:
@@ -148,15 +147,19 @@ def make_network(n: int, hidden: int, init: str) -> SinkhornNetwork:
         >>> torch.allclose(net(3 * x) - net(x), 2 * (net(x) - net(0 * x)), atol=1e-6)
         True
     """
+    _check_init(init)
     net = SinkhornNetwork.mlp(n_items=n, in_features=1, hidden=hidden)
     if init == "linear":
         for layer in (net.g1[0], net.g2):
             torch.nn.init.xavier_uniform_(layer.weight)
             torch.nn.init.zeros_(layer.bias)
         net.g1[0].bias.requires_grad_(False)
-    elif init != "torch":
-        raise ValueError(f"init must be 'linear' or 'torch', got {init!r}.")
     return net
+
+
+def _check_init(init: str) -> None:
+    if init not in ("linear", "torch"):
+        raise ValueError(f"init must be 'linear' or 'torch', got {init!r}.")
 
 
 def _errors(net: SinkhornNetwork, x: torch.Tensor, dtype: torch.dtype) -> dict[str, float]:

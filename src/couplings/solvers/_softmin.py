@@ -364,8 +364,7 @@ class KernelSoftmin(DenseSoftmin):
         super().__init__(cost, eps, unroll=False, compiled=compile_available())
         low_precision = torch.finfo(cost.dtype).bits <= 32
         limit, self.cutoff = (15.0, -58.0) if low_precision else (30.0, -300.0)
-        self.limit = torch.tensor(limit, dtype=cost.dtype, device=cost.device)
-        self.limit_value = limit
+        self.limit = limit
         self.positive: dict[bool, bool] = {}  # rows -> every weight of that side positive
         self.kt = self.alpha = self.beta = None
         self.buffer = None  # the kernel's memory, reused by every absorption
@@ -422,7 +421,7 @@ class KernelSoftmin(DenseSoftmin):
         log_total = torch.log(torch.bmm(kt, w).squeeze(-1))  # (B, n) rows, (B, m) columns
         worst = torch.maximum(torch.linalg.vector_norm(dev, math.inf),
                               torch.linalg.vector_norm(log_total, math.inf))
-        return other_anchor - log_total if float(worst) <= self.limit_value else None
+        return other_anchor - log_total if float(worst) <= self.limit else None
 
     def counts(self) -> dict[str, int]:
         """What the solve did: matrix-vector ``products``, ``log_updates`` (the first two and

@@ -172,9 +172,14 @@ def _relaxation(rate: torch.Tensor) -> torch.Tensor:
     contraction rate :math:`\eta` (Lehmann, von Renesse, Sambale, Uschmajew, "A note on
     overrelaxation in the Sinkhorn algorithm", Optim. Lett. 2022): the rate of the relaxed
     iterations is then :math:`\omega - 1 < \eta`."""
-    # an error that did not decrease (or was already 0) gives no relaxation: omega = 1
-    rate = torch.where(torch.isfinite(rate) & (rate < 1), rate, 0.0).clamp(0.0, _RATE_CAP)
+    rate = _usable_rate(rate)
     return 2.0 / (1.0 + torch.sqrt(1.0 - rate))
+
+
+def _usable_rate(rate: torch.Tensor) -> torch.Tensor:
+    """``rate`` clamped to ``[0, _RATE_CAP]``; an error that did not decrease (or was already 0)
+    gives 0, hence no relaxation (omega = 1)."""
+    return torch.where(torch.isfinite(rate) & (rate < 1), rate, 0.0).clamp(0.0, _RATE_CAP)
 
 
 def _check_steps(err, prev_err, steps, tol, check_every):
@@ -308,6 +313,12 @@ def _iterate(
         target = weight * torch.exp(u * (1 - 1 / lam_a))
         return ops.row_total(weighted(target, torch.expm1(u / lam_a - t)))
 
+    def full_error():
+        if s is None:
+            return row_error()
+        # relaxed: the columns are off by |b (e^{v - s} - 1)|
+        return row_error() + weighted(b, torch.expm1(v - s)).sum(-1)
+
     while True:
         t = ops.row(v, b, log_b)
         k += 1
@@ -317,14 +328,11 @@ def _iterate(
                     err_from = row_error()
                 else:
                     rate = (row_error() / err_from) ** (1.0 / (_RATE_TO - _RATE_FROM))
-                    eta = torch.where(torch.isfinite(rate) & (rate < 1), rate, 0.0).clamp(
-                        0.0, _RATE_CAP)
+                    eta = _usable_rate(rate)
                     omega = _relaxation(eta).unsqueeze(-1).to(u.dtype)
         if omega is not None and eta is not None and (k == _REFINE_FROM or k in refine_at):
             with torch.no_grad():  # no sync either
-                err_now = row_error()
-                if s is not None:
-                    err_now = err_now + weighted(b, torch.expm1(v - s)).sum(-1)
+                err_now = full_error()
                 if k in refine_at:
                     relaxed = (err_now / err_from) ** (1.0 / refine_at[k])
                     # (a converged problem is frozen: its omega stays as it ended)
@@ -342,9 +350,7 @@ def _iterate(
                 err_from = err_now
         if n_iter >= max_iter or n_iter >= next_check:
             with torch.no_grad():
-                err = row_error()
-                if s is not None:  # relaxed: the columns are off by |b (e^{v - s} - 1)|
-                    err = err + weighted(b, torch.expm1(v - s)).sum(-1)
+                err = full_error()
                 if n_iter >= max_iter:
                     error = err if everyone else torch.where(active, err, error)
                     break
