@@ -15,6 +15,7 @@ from couplings.experiments.matching_bd import (
     PAPER_TABLE,
     MatchingBDConfig,
     bhattacharyya_distance,
+    calibration_unit,
     choose_settings,
     empirical_pmf,
     exact_posterior,
@@ -213,3 +214,16 @@ def test_choose_settings_takes_the_best_triple():
     for k in range(2):
         assert chosen[k]["stick-breaking"] == config.grid()[5 - k]
         assert chosen[k]["rounding"] == config.grid()[2 + k]
+
+
+def test_grid_points_share_their_noise():
+    # common random numbers: two grid points with the same setting get the same fits, so the
+    # grid search compares settings and not noise draws; another sigma gets other noise
+    config = dataclasses.replace(
+        _small_config(), tau_grid=(1.0, 1.0), scale_max_grid=(0.3,), prior_scale_grid=(None,),
+        calibration_reps=3, n_steps=20,
+    )
+    first, second = (calibration_unit(config, 0, 1, g) for g in (0, 1))
+    assert first["bd"] == second["bd"]
+    other_sigma = dataclasses.replace(config, sigmas=(0.5, 0.5))
+    assert calibration_unit(other_sigma, 0, 0, 0)["bd"] != first["bd"]

@@ -35,7 +35,10 @@ measured to matter at ``N >= 80``:
   through training (a trainable bias moved kinks into [0, 1]: 20 of 32 units at N = 80).
   Measured in the full protocol: N = 5 to 80, 3 seeds each, 0 lists wrong on all seven
   distributions (float64 scores); but at N = 120 all five trainings of the first seed got
-  every U(0, 1) list wrong, so it is not the default;
+  every U(0, 1) list wrong, so it is not the default. A larger learning rate does not help:
+  with lr 0.03 and 0.1 (one training each, N = 120) exactly 2 and 3 of the 120 positions are
+  wrong in every list, the signature of slopes ``s`` left out of order (the assignment
+  depends on their order only);
 - **scores in float64 for the hard assignment**: the Hungarian algorithm decides two neighbours
   of a list of 120 numbers U(0, 1), typically 1e-4 apart, from score differences near the
   float32 rounding of scores of magnitude ~100; the trained network (float32 weights) is
@@ -143,17 +146,19 @@ def make_network(n: int, hidden: int, init: str) -> SinkhornNetwork:
     Example:
         >>> import torch
         >>> net = make_network(5, 8, "linear")
-        >>> x = torch.rand(1, 5, 1)
-        >>> torch.allclose(net(3 * x) - net(x), 2 * (net(x) - net(0 * x)), atol=1e-6)
+        >>> bool((net(torch.rand(1, 5, 1)) == 0).all())  # equal slopes at the start
         True
     """
     _check_init(init)
     net = SinkhornNetwork.mlp(n_items=n, in_features=1, hidden=hidden)
     if init == "linear":
-        for layer in (net.g1[0], net.g2):
-            torch.nn.init.xavier_uniform_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
+        torch.nn.init.xavier_uniform_(net.g1[0].weight)
+        torch.nn.init.zeros_(net.g1[0].bias)
         net.g1[0].bias.requires_grad_(False)
+        # all slopes start equal (at 0): the first gradients already order them by position,
+        # where random ones must be untangled and some pairs stay inverted at large N
+        torch.nn.init.zeros_(net.g2.weight)
+        torch.nn.init.zeros_(net.g2.bias)
     return net
 
 
