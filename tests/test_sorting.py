@@ -49,11 +49,15 @@ def test_linear_init_keeps_the_scores_linear_through_training():
 
     from couplings.experiments.sorting import _train, make_network
 
-    config = SortingConfig(n_values=(6,), min_steps=40, steps_per_item=1, n_valid=20,
-                           init="linear")
+    config = SortingConfig(n_values=(6,), min_steps=40, steps_per_item=1, n_valid=20)
+    assert config.init == "linear" and config.lr == 0.1  # the defaults
     net, _ = _train(6, config, torch.Generator().manual_seed(0))
     assert torch.count_nonzero(net.g1[0].bias) == 0 and not net.g1[0].bias.requires_grad
     x = torch.rand(2, 6, 1, dtype=torch.float64) * 5
+    # g2 started at zero, so the slopes start equal, and 40 steps order them by position
+    assert torch.count_nonzero(make_network(6, 32, "linear").g2.weight) == 0
+    slopes = net.g2.weight @ torch.relu(net.g1[0].weight[:, 0])  # (N,): row i is x_i s + c
+    assert bool((slopes.diff() > 0).all()), slopes
     net = net.double()
     torch.testing.assert_close(net(2 * x) - net(x), net(x) - net(0 * x))
     # torch's default init puts kinks in [0, 1]: not linear
