@@ -38,8 +38,10 @@ distribution. Three more, all measured to matter at ``N >= 80``:
   the 120 positions wrong in every list (lr 0.01, 0.03 and 0.1), slopes left out of order,
   and all five trainings of the first seed of the full protocol failed. From zero, all
   slopes start equal and the first gradients order them by position. The learning rate
-  matters too: the slopes must grow to order 1e4 (``N^2`` over the spacing of the list)
-  before the relaxed assignment sees an inversion. With lr 0.01, 6 of 7 trainings at
+  matters too. By an estimate (not measured): neighbours in a list lie about ``1 / N`` apart,
+  so at ``tau = 1`` neighbouring slopes must differ by more than ``N`` before the relaxed
+  assignment sees an inversion, and the slopes must span about ``N^2`` (1.4e4 at N = 120),
+  a long way for Adam steps of 0.01. With lr 0.01, 6 of 7 trainings at
   N = 120 still ended with inverted slopes (the five of the full protocol's first seed
   among them); with lr 0.1, 1 of 3 single trainings did, which the restarts catch.
   Measured in the full protocol with these defaults (3 seeds per N, N = 5 to 120): 0 lists
