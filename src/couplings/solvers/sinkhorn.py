@@ -952,10 +952,10 @@ def sinkhorn(
             (at ``eps = 0.01 * mean cost``, about 5x fewer iterations than plain); a problem whose
             error grows over 10 iterations goes back to plain iterations, and its next
             refinement starts from its plain rate under a lower cap. ``"auto"`` (default) is
-            ``"adaptive"`` for balanced,
-            non-symmetric problems solved to ``tol``, and plain Sinkhorn for fixed-depth solves
-            (``min_iter = max_iter``, so that a Sinkhorn layer keeps its textbook definition)
-            and for symmetric and unbalanced ones (where relaxation is not supported).
+            ``"adaptive"`` for balanced, non-symmetric problems solved to ``tol``, and plain
+            Sinkhorn for fixed-depth solves (``min_iter = max_iter``, so that a Sinkhorn layer
+            keeps its textbook definition) and for symmetric and unbalanced ones (where
+            relaxation is not supported).
             Relaxed, the column marginal is no longer exact after the column update, and
             ``error`` adds its violation, so ``tol`` still bounds both marginals. The relaxed
             updates are the same on every backend.
