@@ -31,6 +31,8 @@ import warnings
 
 import torch
 
+from . import _scratch
+
 # exp(-80) ~ 2e-35 is negligible beside the largest term of a log-sum-exp (which is 1) and is
 # still a normal float32; clamping there keeps torch's exp off its slow path for large negative
 # arguments (10x slower on CPU), which small eps makes common.
@@ -238,6 +240,9 @@ class Softmin:
         """``log sum_i exp(z_i)`` ``(B, 1)``."""
         return torch.logsumexp(z, -1, keepdim=True)
 
+    def release(self):
+        """The solve is over: hand scratch memory on (the object is not used again)."""
+
 
 class DenseSoftmin(Softmin):
     """The updates on a dense cost ``(B, n, m)``, eager (``compiled=False``) or compiled.
@@ -439,11 +444,16 @@ class KernelSoftmin(DenseSoftmin):
     def _absorb(self, alpha, beta):
         """A new kernel at the anchors ``alpha`` ``(B, n)``, ``beta`` ``(B, m)``, in place."""
         if self.buffer is None or self.buffer.shape != self.cost.shape:
-            self.buffer = torch.empty_like(self.cost)
+            self.buffer = _scratch.take(self.cost.shape, self.cost)
         self.kt, _ = run_kernel("absorb", self.buffer, alpha, beta, self.cost, self._scale(),
                                 self.cutoff, compiled=self.compiled)
         self.alpha, self.beta = alpha, beta
         self.n_absorb += 1
+
+    def release(self):
+        """Keep the kernel's memory for the next solve (:mod:`._scratch`)."""
+        _scratch.give(self.buffer)
+        self.buffer = self.kt = None
 
     def _try(self, rows: bool, pot, weights):
         return (self._matvec(pot, self.beta, weights, self.alpha, True) if rows else

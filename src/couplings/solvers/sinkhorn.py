@@ -1074,6 +1074,7 @@ def sinkhorn(
             )
     backend = ops.backend  # "tensorized" if compilation failed
     kernel_counts = ops.counts() if isinstance(ops, KernelSoftmin) else None
+    ops.release()
     if min_iter < max_iter and not bool(converged.all()):
         _warn_not_converged(converged, error, tol, n_iter, eps, bsz, stacklevel=2)
 

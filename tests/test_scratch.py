@@ -1,0 +1,76 @@
+"""Scratch matrices kept between solves: reused on the CPU, bounded, never shared by two
+holders, and invisible in the results."""
+
+import pytest
+import torch
+
+from couplings import sinkhorn
+from couplings.solvers import _scratch
+
+from ._spies import spy_absorptions
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    _scratch.clear()
+    yield
+    _scratch.clear()
+
+
+def test_a_given_buffer_is_taken_once_then_a_fresh_one_is_made():
+    like = torch.zeros(1)
+    first = _scratch.take((4, 5), like)
+    _scratch.give(first)
+    again = _scratch.take((2, 3, 3), like)  # smaller: a view of the same memory
+    assert again.data_ptr() == first.data_ptr() and again.shape == (2, 3, 3)
+    assert again.is_contiguous()
+    other = _scratch.take((2, 3, 3), like)  # the idle one is taken: a new one
+    assert other.data_ptr() != first.data_ptr()
+
+
+def test_a_larger_request_or_another_dtype_gets_new_memory():
+    buf = _scratch.take((10,), torch.zeros(1))
+    _scratch.give(buf)
+    assert _scratch.take((11,), torch.zeros(1)).data_ptr() != buf.data_ptr()
+    _scratch.give(buf)
+    assert _scratch.take((10,), torch.zeros(1, dtype=torch.float64)).data_ptr() != buf.data_ptr()
+    assert _scratch.take((10,), torch.zeros(1)).data_ptr() == buf.data_ptr()
+
+
+def test_the_whole_storage_is_kept_and_the_larger_idle_buffer_wins():
+    big = _scratch.take((100,), torch.zeros(1))
+    _scratch.give(big[10:20].view(2, 5))  # a view: its whole storage is what comes back
+    small = torch.empty(5)
+    _scratch.give(small)  # smaller than the idle one: not kept
+    assert _scratch.take((100,), torch.zeros(1)).data_ptr() == big.data_ptr()
+
+
+def test_buffers_over_the_limit_are_not_kept(monkeypatch):
+    monkeypatch.setattr(_scratch, "LIMIT_BYTES", 64)
+    buf = torch.empty(17)  # 68 bytes
+    _scratch.give(buf)
+    assert _scratch.take((17,), buf).data_ptr() != buf.data_ptr()
+
+
+def _problem(seed, n=50, m=60):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 2, generator=g), torch.randn(m, 2, generator=g) + 0.3
+    return torch.cdist(x, y) ** 2
+
+
+def test_consecutive_kernel_solves_reuse_the_kernel_memory_and_keep_their_results(monkeypatch):
+    pointers = spy_absorptions(monkeypatch)
+    c1, c2 = _problem(0), _problem(1)
+    first = sinkhorn(c1, eps=0.05, tol=1e-5, backend="kernel")
+    first_plan = first.plan.clone()
+    n_first = len(pointers)
+    second = sinkhorn(c2, eps=0.05, tol=1e-5, backend="kernel")
+    assert n_first >= 1 and len(pointers) > n_first
+    assert set(pointers[n_first:]) == {pointers[0]}  # the second solve absorbed into it
+    # the first result does not alias the kernel the second solve overwrote
+    torch.testing.assert_close(first.plan, first_plan, rtol=0, atol=0)
+    # and reuse changes nothing: the same problem solved with a fresh allocation
+    _scratch.clear()
+    fresh = sinkhorn(c2, eps=0.05, tol=1e-5, backend="kernel")
+    for name in ("f", "g", "value", "error"):
+        torch.testing.assert_close(getattr(second, name), getattr(fresh, name), rtol=0, atol=0)
