@@ -1,13 +1,17 @@
 """Over-relaxed Sinkhorn (``momentum=``): same answers as plain iterations in fewer of them,
 an honest error when the columns are no longer exact, and the cases where it is off."""
 
+import importlib
+
 import pytest
 import torch
 
 from couplings import PointCloud, sinkhorn
-from couplings.solvers.sinkhorn import _refine_points, _refined_rate, _relaxation
+from couplings.solvers.sinkhorn import _refine_points, _refined_rate, _relaxation, _relaxed
 
 from ._problems import random_problem
+
+sinkhorn_module = importlib.import_module("couplings.solvers.sinkhorn")
 
 
 def _marginal_error(res, a, b):
@@ -25,6 +29,44 @@ def test_relaxation_formula_and_cap():
     # an error that did not decrease gives no relaxation (not the largest omega)
     flat = _relaxation(torch.tensor([1.0, 1.5, float("inf")], dtype=torch.float64))
     torch.testing.assert_close(flat, torch.ones(3, dtype=torch.float64))
+
+
+def test_relaxed_update_caps_only_a_large_extrapolation():
+    old = torch.tensor([[0.0, 0.0, 0.0, 10.0]], dtype=torch.float64, requires_grad=True)
+    new = torch.tensor([[1.0, -2.0, 20.0, 0.0]], dtype=torch.float64)
+    omega = torch.tensor([[1.5]], dtype=torch.float64)
+    cap = sinkhorn_module._EXTRAPOLATION_CAP
+    out = _relaxed(old, new, omega)
+    # small steps: plain over-relaxation; large ones: new plus the cap, in the step's direction
+    expected = torch.tensor([[1.5, -3.0, 20.0 + cap, -cap]], dtype=torch.float64)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()  # uncapped entries depend on old (1 - omega), capped ones not at all
+    torch.testing.assert_close(old.grad, torch.tensor([[-0.5, -0.5, 0.0, 0.0]],
+                                                      dtype=torch.float64))
+
+
+def test_capped_extrapolation_saves_iterations_at_a_small_eps(monkeypatch):
+    """At eps = 0.001 x mean cost the switch to over-relaxation extrapolates steps of many eps;
+    the cap saves iterations there (22% on these three problems when it was chosen) and
+    changes no solution."""
+    def problems():
+        for seed in range(3):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(200, 2, generator=g)
+            y = torch.randn(200, 2, generator=g) * torch.tensor([0.5, 2.0]) + 1.0
+            yield torch.cdist(x, y) ** 2
+
+    def solve_all():
+        return [sinkhorn(c, eps=0.001 * float(c.mean()), tol=1e-4, max_iter=20_000)
+                for c in problems()]
+
+    capped = solve_all()
+    monkeypatch.setattr(sinkhorn_module, "_EXTRAPOLATION_CAP", float("inf"))
+    uncapped = solve_all()
+    assert all(bool(r.converged) for r in capped + uncapped)
+    assert sum(r.n_iter for r in capped) < 0.9 * sum(r.n_iter for r in uncapped)
+    for r1, r2 in zip(capped, uncapped, strict=True):
+        torch.testing.assert_close(r1.value, r2.value, rtol=1e-3, atol=0)
 
 
 def test_refined_rate_inverts_the_relaxed_rate():

@@ -137,6 +137,7 @@ _COMPACT_BELOW = 0.75
 # at _RATE_CAP (omega <= 1.82) so that an overestimate cannot push omega past the optimum,
 # where the iterations slow down sharply (omega = 1.9 stalls at eps = 0.001 mean cost)
 _RATE_FROM, _RATE_TO, _RATE_CAP = 4, 8, 0.99
+_EXTRAPOLATION_CAP = 3.0  # largest extrapolation of a relaxed update, in eps (_relaxed)
 _GUARD_SPAN = 10  # fewest iterations between two errors compared by the safeguard
 # Refinement of omega while relaxed: the rate is measured again over windows that start after
 # the transient of the switch and double in length (iterations 12-20, 20-36, 36-68, ...)
@@ -174,6 +175,27 @@ def _relaxation(rate: torch.Tensor) -> torch.Tensor:
     iterations is then :math:`\omega - 1 < \eta`."""
     rate = _usable_rate(rate)
     return 2.0 / (1.0 + torch.sqrt(1.0 - rate))
+
+
+def _relaxed(old: torch.Tensor, new: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """The over-relaxed update ``old + omega (new - old)`` ``(B, k)``, its extrapolation beyond
+    ``new`` capped at ``_EXTRAPOLATION_CAP`` per entry (potentials in units of eps).
+
+    Near convergence the steps are small and the cap never acts. Far from it, at a small eps,
+    a switch to ``omega ~ 1.6`` extrapolates steps of many eps and the marginal error jumps
+    (0.76 to 32 at the switch, 2-D Gaussians, n = 1000, eps = 0.01 x mean cost; back below
+    0.76 only 13 iterations later). Iterations to an L1 error of 1e-4 (2-D and 3-D Gaussians
+    and shapes, eps = 0.1, 0.01 and 0.001 x mean cost, float32), capped at 3: on the Gaussians
+    at 0.001, 1036 to 721 and 858 to 701 (n = 1000, seed 0), 927 to 701 and 915 to 621
+    (n = 2000, seed 1); at 0.01, 76 to 71, 66 to 64, 77 to 72 and 63 to 62; unchanged at 0.1
+    and on the shapes. In all, 14.6% and 16.4% fewer on the two sets; caps of 1, 2, 5, 10 and
+    20 gave -0.2, 12.7, 12.4, 16.1 and -2.9% on the first set, 12.0% (5), 17.5% (10) and 1.9%
+    (20) on the second. 3 is kept over 10 for the gain at 0.01, where 10 never acts. On
+    problems not used to choose it (n = 1000, N(0, I) against a uniform box, 2-D and 3-D,
+    eight seeds): 26% fewer iterations at 0.001 in float32 and 28% in float64 (15 of 16
+    problems fewer), 2% more at 0.01 (30 to 46 iterations each, mixed both ways).
+    """
+    return new + ((new - old) * (omega - 1)).clamp(-_EXTRAPOLATION_CAP, _EXTRAPOLATION_CAP)
 
 
 def _usable_rate(rate: torch.Tensor) -> torch.Tensor:
@@ -408,7 +430,7 @@ def _iterate(
         else:
             u_new = lam_a * t if lam_a != 1.0 else t
             if omega is not None:
-                u_new = u + omega * (u_new - u)
+                u_new = _relaxed(u, u_new, omega)
             if translate:
                 la = ops.row_logsumexp(log_a - kap_a * u_new)
                 lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
@@ -417,7 +439,7 @@ def _iterate(
             g_new = ops.col(u, a, log_a)
             v_new = lam_b * g_new if lam_b != 1.0 else g_new
             if omega is not None:
-                s, v_new = g_new, v + omega * (g_new - v)
+                s, v_new = g_new, _relaxed(v, g_new, omega)
             v = v_new if everyone else torch.where(active.unsqueeze(-1), v_new, v)
         n_iter += 1
     # the problems still active at the end ran every iteration
