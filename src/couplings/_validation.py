@@ -198,3 +198,18 @@ def reduce_batch(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return values.sum()
     return values
+
+
+def check_scaling(scaling):
+    """``scaling`` of the Sinkhorn loop: ``"auto"``, ``None`` or a number in ``(0, 1)``."""
+    if isinstance(scaling, str):
+        if scaling != "auto":
+            raise ValueError(f"scaling must be 'auto', None or a number in (0, 1), got "
+                             f"{scaling!r}.")
+        return scaling
+    if scaling is None:
+        return None
+    scaling = check_positive_scalar(scaling, "scaling")
+    if scaling >= 1:
+        raise ValueError(f"scaling must be in (0, 1), 'auto' or None, got {scaling!r}.")
+    return scaling

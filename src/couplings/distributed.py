@@ -214,11 +214,15 @@ class ShardedSoftmin(Softmin):
     def select(self, keep: torch.Tensor):
         self.inner.select(keep)
 
-    def cost_range(self) -> float:
+    def cost_range(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per problem ``(B,)``, over all ranks' rows (``a`` is this rank's block of rows)."""
         cost = self.inner.cost.detach()
-        bounds = torch.stack([cost.amax(), -cost.amin()]).to(torch.float64)
-        hi, neg_lo = _all_reduce(bounds, dist.ReduceOp.MAX, self.group).tolist()
-        return hi + neg_lo
+        kept = (a.unsqueeze(-1) > 0) & (b.unsqueeze(-2) > 0)
+        hi = torch.where(kept, cost, -math.inf).amax((-2, -1))
+        neg_lo = -torch.where(kept, cost, math.inf).amin((-2, -1))
+        bounds = _all_reduce(torch.stack([hi, neg_lo]).to(torch.float64), dist.ReduceOp.MAX,
+                             self.group)
+        return (bounds[0] + bounds[1]).to(cost.dtype)
 
     def row(self, v, b, log_b):
         """This rank's rows ``t_i = -log sum_j b_j exp(v_j - C_ij / e)`` ``(B, n_r)``."""
@@ -348,7 +352,7 @@ def sinkhorn(
     tol: float = 1e-6,
     max_iter: int = 1000,
     min_iter: int = 0,
-    scaling: float | None = None,
+    scaling: float | str | None = "auto",
     grad: str | None = None,
     check_every: int = 10,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -456,7 +460,7 @@ def sinkhorn(
         "batch size": bsz, "m": m, "batched": float(geom.batched),
         "itemsize": c.element_size(), "a given": float(a_rows is not None), "eps": eps,
         "tol": tol, "max_iter": max_iter, "min_iter": min_iter, "check_every": check_every,
-        "scaling": -1.0 if scaling is None else scaling,
+        "scaling": {None: -1.0, "auto": -2.0}.get(scaling, scaling),
         "rho_a": -1.0 if math.isinf(rho[0]) else rho[0],
         "rho_b": -1.0 if math.isinf(rho[1]) else rho[1],
         "momentum": -1.0 if momentum == "adaptive" else momentum,

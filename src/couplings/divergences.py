@@ -58,7 +58,7 @@ def sinkhorn_divergence(
     debias: bool = True,
     tol: float = 1e-6,
     max_iter: int = 1000,
-    scaling: float | None = None,
+    scaling: float | str | None = "auto",
     grad: str | Implicit = "envelope",
     rho: float | None = None,
     reach: float | None = None,

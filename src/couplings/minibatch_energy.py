@@ -98,7 +98,7 @@ def minibatch_energy_distance(
     tol: float = 1e-6,
     max_iter: int = 1000,
     min_iter: int = 0,
-    scaling: float | None = None,
+    scaling: float | str | None = "auto",
     grad: str | Implicit = "envelope",
     check_every: int = 10,
 ) -> torch.Tensor:

@@ -439,7 +439,7 @@ def pad_problems(costs, a=None, b=None, *, pad_cost: float = 0.0) -> PaddedProbl
             ``(n_k,)`` (an entry may be ``None`` for uniform).
         b: likewise for the columns, ``(m_k,)``.
         pad_cost: the cost written on the padding (any finite number; it never matters with
-            zero weights, except to the cost range that ``scaling`` anneals from).
+            zero weights: ``scaling`` anneals from the cost range over the support).
 
     Returns:
         :class:`PaddedProblems` ``(cost, a, b, sizes)``: ``cost`` ``(B, n_max, m_max)``,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._validation import check_positive_int, check_positive_scalar
+from .._validation import check_positive_int, check_positive_scalar, check_scaling
 from ..solvers.exact import emd
 from ..solvers.sinkhorn import sinkhorn
 from .base import BaseTransport
@@ -84,7 +84,8 @@ class SinkhornTransport(BaseTransport):
         eps: entropic regularization :math:`\varepsilon > 0`.
         tol: Sinkhorn's L1 marginal tolerance; max_iter: its iteration limit (a
             non-converged solve warns, :class:`~couplings.ConvergenceWarning`).
-        scaling: epsilon scaling factor of :func:`couplings.sinkhorn` (``None``: none).
+        scaling: epsilon scaling of :func:`couplings.sinkhorn` (``"auto"``, a factor, or
+            ``None`` for none).
         metric, norm, limit_max: see :class:`~couplings.da.base.BaseTransport`.
 
     Example:
@@ -109,17 +110,13 @@ class SinkhornTransport(BaseTransport):
     """
 
     def __init__(self, *, eps: float = 1.0, tol: float = 1e-8, max_iter: int = 10_000,
-                 scaling: float | None = None, metric: Any = "sqeuclidean",
+                 scaling: float | str | None = "auto", metric: Any = "sqeuclidean",
                  norm: str | None = None, limit_max: float = 100.0):
         super().__init__(metric=metric, norm=norm, limit_max=limit_max)
         self.eps = check_positive_scalar(eps, "eps")
         self.tol = check_positive_scalar(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
-        if scaling is not None:
-            scaling = check_positive_scalar(scaling, "scaling")
-            if scaling >= 1:
-                raise ValueError(f"scaling must be in (0, 1) or None, got {scaling!r}.")
-        self.scaling = scaling
+        self.scaling = check_scaling(scaling)
 
     def _fit_coupling(self, cost, a, b, xs, xt, ys, yt):
         res = sinkhorn(cost, a, b, eps=self.eps, tol=self.tol, max_iter=self.max_iter,

@@ -57,6 +57,7 @@ from .._validation import (
     check_positive_int,
     check_positive_scalar,
     check_same_dtype_device,
+    check_scaling,
 )
 from ..geometry import Geometry, PointCloud, as_geometry
 from ..result import ConvergenceWarning, OTResult
@@ -107,17 +108,27 @@ class Implicit:
         check_positive_int(self.dense_max, "Implicit.dense_max")
 
 
-def _eps_schedule(ops, eps: float, scaling: float | None) -> list[float]:
-    """Annealing values above ``eps``: from the cost's range down by factors of ``scaling``."""
-    if scaling is None:
-        return []
-    start = ops.cost_range()
-    schedule = []
-    e = start
-    while e > eps:
-        schedule.append(e)
-        e *= scaling
-    return schedule
+def _annealing_stages(ops, a, b, eps: float, scaling, max_iter: int):
+    """Per problem, its annealing iterations ``K_b`` ``(B,)`` (a CPU long tensor) and the
+    factor, or ``None`` without annealing.
+
+    The annealing values lie on one grid anchored at ``eps``, ``eps / scaling^j``; problem
+    ``b`` runs one iteration at each of ``eps / scaling^{K_b}``, ..., ``eps / scaling``, from
+    the first grid value at or above its own cost range (over the support of its weights), so
+    its schedule is the same in any batch. ``max_iter`` cuts the coarse end. ``"auto"``
+    anneals by ``_AUTO_SCALING`` the problems whose cost range is at least
+    ``_AUTO_RANGE_RATIO`` eps, and not the others.
+    """
+    if scaling is None or max_iter <= 1:
+        return None
+    factor = _AUTO_SCALING if scaling == "auto" else float(scaling)
+    ratio = ops.cost_range(a, b).detach().to("cpu", torch.float64) / eps  # (B,)
+    stages = torch.ceil(torch.log(ratio.clamp_min(1.0)) / math.log(1.0 / factor))
+    keep = torch.isfinite(stages)
+    if scaling == "auto":
+        keep &= ratio >= _AUTO_RANGE_RATIO
+    stages = torch.where(keep, stages, 0.0).clamp(0, max_iter - 1).long()
+    return (stages, factor) if bool((stages > 0).any()) else None
 
 
 def _damping(rho: float, eps: float) -> float:
@@ -137,6 +148,8 @@ _COMPACT_BELOW = 0.75
 # at _RATE_CAP (omega <= 1.82) so that an overestimate cannot push omega past the optimum,
 # where the iterations slow down sharply (omega = 1.9 stalls at eps = 0.001 mean cost)
 _RATE_FROM, _RATE_TO, _RATE_CAP = 4, 8, 0.99
+# scaling="auto": anneal by this factor the problems whose cost range is at least this many eps
+_AUTO_SCALING, _AUTO_RANGE_RATIO = 0.7, 2000.0
 _EXTRAPOLATION_CAP = 3.0  # largest extrapolation of a relaxed update, in eps (_relaxed)
 _GUARD_SPAN = 10  # fewest iterations between two errors compared by the safeguard
 # Refinement of omega while relaxed: the rate is measured again over windows that start after
@@ -266,8 +279,20 @@ def _iterate(
     bsz, n, m = a.shape[0], a.shape[1], b.shape[1]
     log_a, log_b = _safe_log(a), _safe_log(b)
     rho_a, rho_b = rho
-    schedule = _eps_schedule(ops, eps, scaling)[-(max_iter - 1) :] if max_iter > 1 else []
-    e_cur = schedule[0] if schedule else eps
+    # annealing: problem p runs K_p iterations at eps / factor^K_p, ..., eps / factor, then the
+    # first plain one at eps; in a batch it waits (frozen) for the first K - K_p of the K + 1
+    # iterations, so that every problem reaches eps at the same time and on its own schedule
+    if scaling == "auto" and min_iter >= max_iter:  # a fixed-depth layer stays textbook
+        scaling = None
+    annealing = _annealing_stages(ops, a, b, eps, scaling, max_iter)
+    if annealing is None:
+        n_anneal, offset, grid = 0, None, [eps]
+    else:
+        stages, factor = annealing
+        n_anneal = int(stages.max())
+        offset = n_anneal - stages  # (B,) on the CPU
+        grid = [eps / factor**j for j in range(n_anneal, -1, -1)]  # coarse to eps
+    e_cur = grid[0]
     ops.set_eps(e_cur)
     # first update the rows, then the columns, as Sinkhorn-Knopp does; a warm start seeds the
     # column potential (the row one, for the symmetric update)
@@ -277,17 +302,27 @@ def _iterate(
     else:
         v = a.new_zeros(bsz, m) if init is None else init[1] / e_cur
     n_iter = 0
-    for e_next in schedule[1:] + [eps]:  # one full iteration per annealing stage
+    for i, e_next in enumerate(grid[1:] + [eps]):  # one full iteration per value
+        waiting = None if offset is None or bool((offset <= i).all()) else (
+            (offset > i).to(a.device).unsqueeze(-1))  # (B, 1): not yet started
+        u_old, v_old, ratio = u, v, e_cur / e_next
         lam_a = _damping(rho_a, e_cur)
         if symmetric:
-            u = v = 0.5 * (u + lam_a * ops.row(u, b, log_b)) * (e_cur / e_next)
+            u = v = 0.5 * (u + lam_a * ops.row(u, b, log_b)) * ratio
         else:
-            u = lam_a * ops.row(v, b, log_b) * (e_cur / e_next)
+            u = lam_a * ops.row(v, b, log_b) * ratio
+        if waiting is not None:  # potentials in units of eps: a waiting one is only rescaled
+            u = torch.where(waiting, u_old * ratio, u)
+            v = u if symmetric else v
         e_cur = e_next
         ops.set_eps(e_cur)
         if not symmetric:
             v = _damping(rho_b, e_cur) * ops.col(u, a, log_a)
+            if waiting is not None:
+                v = torch.where(waiting, v_old * ratio, v)
         n_iter += 1
+    # the iterations each problem has not run (it waited), as a tensor on the device
+    lag = None if offset is None else offset.to(a.device)
     lam_a, lam_b = _damping(rho_a, eps), _damping(rho_b, eps)
     # Unbalanced, the dual changes only by O(t^2 / rho) along translations (f + t, g - t), so
     # plain iterations drift along them at the slow rate lam_a lam_b. Between the row and the
@@ -320,8 +355,14 @@ def _iterate(
     k = 0  # iterations of the main loop
     # the checks of each problem: its next one (due_at), the last one (prev_iter, prev_err) and
     # the last one the safeguard of the relaxation compared (relaxed_iter, relaxed_err)
-    due_at = torch.full((bsz,), min_iter, dtype=torch.long, device=a.device)
-    prev_iter, relaxed_iter = torch.zeros_like(due_at), torch.zeros_like(due_at)
+    # (in the batch's iterations: a problem that waited during the annealing is ``lag``
+    # iterations behind, so its checks and its last iteration come that much later)
+    lag_all = lag if lag is not None else torch.zeros(bsz, dtype=torch.long, device=a.device)
+    lag = lag_all
+    own_end = max_iter + lag  # (B,) the batch iteration at which each problem has run max_iter
+    limit = max_iter + (int(offset.max()) if offset is not None else 0)
+    due_at = min_iter + lag
+    prev_iter, relaxed_iter = lag.clone(), lag.clone()
     prev_err = relaxed_err = a.new_full((bsz,), math.inf)
     next_check = min_iter  # the earliest due_at of the active problems
 
@@ -372,10 +413,10 @@ def _iterate(
                     prev_err = torch.where(changed, err_now, prev_err)
                     prev_iter = torch.where(changed, n_iter, prev_iter)
                 err_from = err_now
-        if n_iter >= max_iter or n_iter >= next_check:
+        if n_iter >= limit or n_iter >= next_check:
             with torch.no_grad():
                 err = full_error()
-                if n_iter >= max_iter:
+                if n_iter >= limit:
                     error = err if everyone else torch.where(active, err, error)
                     break
                 # only the problems due decide, so each stops where it would alone
@@ -392,16 +433,17 @@ def _iterate(
                     cap = torch.where(grew, (2 * cap - 1).clamp_min(0.0), cap)
                     relaxed_err = torch.where(span, err, relaxed_err)
                     relaxed_iter = torch.where(span, n_iter, relaxed_iter)
-                done = due & (err <= tol)
+                # a problem stops at tol, or after its own max_iter iterations
+                done = due & ((err <= tol) | (n_iter >= own_end))
                 if iters is None:
                     iters = torch.zeros_like(active, dtype=torch.long)
                 iters = torch.where(done, n_iter, iters)
                 active = active & ~done
-                due_at = torch.where(due, n_iter + _check_steps(
-                    err, prev_err, n_iter - prev_iter, tol, check_every), due_at)
+                due_at = torch.where(due, torch.minimum(n_iter + _check_steps(
+                    err, prev_err, n_iter - prev_iter, tol, check_every), own_end), due_at)
                 prev_err = torch.where(due, err, prev_err)
                 prev_iter = torch.where(due, n_iter, prev_iter)
-                soonest = torch.where(active, due_at, max_iter).min()
+                soonest = torch.where(active, due_at, limit).min()
             n_active, next_check = torch.stack([active.sum(), soonest]).tolist()
             if n_active == 0:
                 break
@@ -421,8 +463,9 @@ def _iterate(
                 omega, s, err_from, eta = (None if x is None else x[keep]
                                            for x in (omega, s, err_from, eta))
                 cap = cap[keep]
-                due_at, prev_iter, prev_err, relaxed_err, relaxed_iter = (
-                    x[keep] for x in (due_at, prev_iter, prev_err, relaxed_err, relaxed_iter))
+                due_at, prev_iter, prev_err, relaxed_err, relaxed_iter, lag, own_end = (
+                    x[keep] for x in (due_at, prev_iter, prev_err, relaxed_err, relaxed_iter,
+                                      lag, own_end))
                 if symmetric:
                     v = u
                 active, everyone = active[keep], True
@@ -455,6 +498,9 @@ def _iterate(
                                      zip(whole, (u, v, error, iters, omega), strict=True))
         if symmetric:
             v = u
+    if offset is not None:  # each problem's own iterations, without the ones it waited
+        iters = iters - lag_all
+        n_iter = int(iters.max())
     converged = error <= tol
     return u * eps, v * eps, n_iter, error, converged, iters, omega
 
@@ -736,10 +782,7 @@ def _check_loop_options(eps, tol, max_iter, min_iter, check_every, scaling):
     max_iter = check_positive_int(max_iter, "max_iter")
     min_iter = check_nonnegative_int(min_iter, "min_iter")
     check_every = check_positive_int(check_every, "check_every")
-    if scaling is not None:
-        scaling = check_positive_scalar(scaling, "scaling")
-        if scaling >= 1:
-            raise ValueError(f"scaling must be in (0, 1) or None, got {scaling!r}.")
+    scaling = check_scaling(scaling)
     return eps, tol, max_iter, min_iter, check_every, scaling
 
 
@@ -864,7 +907,7 @@ def sinkhorn(
     tol: float = 1e-6,
     max_iter: int = 1000,
     min_iter: int = 0,
-    scaling: float | None = None,
+    scaling: float | str | None = "auto",
     grad: str | Implicit | None = None,
     check_every: int = 10,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -888,8 +931,7 @@ def sinkhorn(
     have converged the iterations run on the active ones only (no per-problem Python loop), so
     a batch costs about the sum of its problems' iterations. Problems of different sizes are
     padded with zero weights by :func:`~couplings.pad_problems` and split back by
-    :meth:`~couplings.OTResult.unpad`. One exception: the ``scaling`` schedule starts from the
-    cost range of the whole batch (padding included), which a problem alone may not share.
+    :meth:`~couplings.OTResult.unpad`.
 
     Args:
         cost: cost matrix ``(B, n, m)`` or ``(n, m)``, or a :class:`~couplings.Geometry` such as
@@ -911,14 +953,21 @@ def sinkhorn(
             gives a fixed-depth solve (a Sinkhorn layer of ``max_iter`` rounds, as in
             Sinkhorn networks): ``error`` and ``converged`` are still reported, but no warning
             is issued.
-        scaling: epsilon scaling. ``None`` solves at ``eps`` directly; a factor in ``(0, 1)``
-            first anneals from the cost's range down to ``eps`` by that factor, one iteration per
-            value, which makes small ``eps`` converge in fewer iterations. With the default
-            ``momentum``, ``0.7`` is a good choice at ``eps = 0.001 * mean cost`` (measured on
-            2-D and 3-D Gaussians and shapes, n = 1000: 1.1-2.3x fewer iterations than without;
-            0.5 and 0.9 within 15% of it); at ``0.01 * mean cost`` annealing changes little, and
-            at ``0.1`` it costs iterations. It is not automatic: a batch anneals from the range
-            of all its costs, so it would no longer equal its problems one by one.
+        scaling: epsilon scaling. ``"auto"`` (default) anneals, by ``0.7``, the problems whose
+            cost range is at least ``2000 eps`` (``eps <= 0.0005`` times the range, e.g.
+            ``0.001 x mean cost`` on Gaussians), when solving to ``tol``; the others, and
+            fixed-depth solves (``min_iter = max_iter``), run at ``eps`` directly, as ``None``
+            does. A factor in ``(0, 1)`` anneals every problem by that factor: one iteration at
+            each ``eps / scaling^j``, from the first of these at or above the problem's own cost
+            range (over the support of its weights) down to ``eps / scaling``, then on at
+            ``eps``. In a batch each problem keeps its own schedule (one that starts lower waits
+            for the others), so the batch still equals its problems one by one. Measured on 2-D
+            and 3-D Gaussians and shapes, n = 1000, float32, at ``0.001 x mean cost``:
+            ``"auto"`` takes 13-38% fewer iterations to an L1 error of 1e-4 than ``None``
+            (721 -> 448, 701 -> 468, 631 -> 455, 420 -> 365) and 5-7x fewer to 0.3; at
+            ``0.01`` and ``0.1`` annealing changes little or costs iterations, and ``"auto"``
+            does not anneal there. The online backend bounds the range of a squared Euclidean
+            cost by its bounding box, so its schedule may start a stage higher.
         grad: how gradients flow to the cost, the weights and (through the cost) the points:
             ``None`` (the default) is ``"implicit"``, or ``"envelope"`` on the online backend;
             ``"implicit"`` (the implicit function theorem at the fixed point; memory independent
