@@ -166,7 +166,7 @@ def _couplings_has_backend():
 # dense: solve to a marginal tolerance
 
 
-def dense_couplings(task, data, scaling=None, backend="auto", momentum=None):
+def dense_couplings(task, data, scaling="default", backend="auto", momentum=None):
     torch, dev, dtype, sync = _torch(task)
     import couplings
 
@@ -182,8 +182,10 @@ def dense_couplings(task, data, scaling=None, backend="auto", momentum=None):
             kw = dict(backend=backend) if _couplings_has_backend() else {}
             if momentum is not None:  # None: the library's default
                 kw["momentum"] = momentum
+            if scaling != "default":  # "default": the library's (None: no annealing)
+                kw["scaling"] = scaling
             return couplings.sinkhorn(couplings.PointCloud(x, y), a, b, eps=eps, tol=tol,
-                                      max_iter=max_iter, scaling=scaling, **kw)
+                                      max_iter=max_iter, **kw)
 
     def extract(res):
         return dict(f=_np(res.f), g=_np(res.g), n_iter=int(res.n_iter),
@@ -344,7 +346,7 @@ DENSE = {
     "couplings-scaling0.9": lambda t, d: dense_couplings(t, d, scaling=0.9),
     "couplings-tensorized": lambda t, d: dense_couplings(t, d, backend="tensorized"),
     "couplings-compiled": lambda t, d: dense_couplings(t, d, backend="compiled"),
-    "couplings-plain": lambda t, d: dense_couplings(t, d, momentum=1.0),
+    "couplings-plain": lambda t, d: dense_couplings(t, d, momentum=1.0, scaling=None),
     "pot-np-log": lambda t, d: dense_pot(t, d, "numpy", "sinkhorn_log"),
     "pot-np-kernel": lambda t, d: dense_pot(t, d, "numpy", "sinkhorn"),
     "pot-torch-log": lambda t, d: dense_pot(t, d, "torch", "sinkhorn_log"),
