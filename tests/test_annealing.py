@@ -124,6 +124,10 @@ def test_auto_batch_of_annealed_and_plain_problems_equals_one_by_one():
                                      torch.full((3, 30), 1 / 30, dtype=F64), eps, "auto", 50_000)
     assert stages[1] == 0 and bool((stages[[0, 2]] > 0).all())
     _assert_batch_equals_alone(batch, alone)
+    # the result says which problems annealed, and for how many iterations
+    assert batch.annealed.tolist() == stages.tolist()
+    assert [int(r.annealed) for r in alone] == stages.tolist()
+    assert bool((batch.n_iter_per_problem > batch.annealed).all())
 
 
 def test_scaling_is_validated():

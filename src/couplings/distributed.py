@@ -490,7 +490,7 @@ def sinkhorn(
     with torch.no_grad():
         inner = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled")
         ops = ShardedSoftmin(inner, group)
-        f, g, n_iter, error, converged, iters, omega = _iterate(
+        f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
             ops, a_rows.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
             check_every, init, False, rho, momentum,
         )
@@ -508,5 +508,5 @@ def sinkhorn(
         plan_fn=lambda: _plan(*plan_inputs, eps),
         cost=_sharded_only("cost matrix (nor linear_value, rounded_plan or gap)"),
         n_iter=n_iter, eps=eps, solver="sinkhorn", rho=None if balanced else rho,
-        n_iter_per_problem=iters, backend=ops.backend, omega=omega,
+        n_iter_per_problem=iters, backend=ops.backend, omega=omega, annealed=annealed,
     )

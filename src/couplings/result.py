@@ -96,6 +96,9 @@ class OTResult:
             updates and every fallback), ``absorptions`` (exp passes over the cost) and the
             ``reanchorings`` among them. Many log updates mean the kernel path ran at
             log-domain speed (very small eps far from convergence). ``None`` otherwise.
+        annealed: Sinkhorn's epsilon-scaling iterations of each problem, ``(B,)`` int64 (0:
+            it ran at ``eps`` from the start; counted in ``n_iter_per_problem``); ``None`` for
+            a solver without it.
 
     Computed on first access and cached (each costs ``O(B n m)``):
 
@@ -141,6 +144,7 @@ class OTResult:
     backend: str | None = None
     omega: torch.Tensor | None = None
     kernel_counts: dict[str, int] | None = None
+    annealed: torch.Tensor | None = None
 
     @classmethod
     def from_batched(
@@ -164,6 +168,7 @@ class OTResult:
         backend: str | None = None,
         omega: torch.Tensor | None = None,
         kernel_counts: dict[str, int] | None = None,
+        annealed: torch.Tensor | None = None,
     ) -> OTResult:
         """Build a result from a solver's batched tensors (``(B, ...)``, cost ``(B, n, m)``, or
         a function returning it), removing the batch axis when the call was unbatched."""
@@ -178,7 +183,7 @@ class OTResult:
             _cost_fn=lambda: shape(cost() if callable(cost) else cost), rho=rho,
             n_iter_per_problem=None if n_iter_per_problem is None else shape(n_iter_per_problem),
             backend=backend, omega=None if omega is None else shape(omega),
-            kernel_counts=kernel_counts,
+            kernel_counts=kernel_counts, annealed=None if annealed is None else shape(annealed),
         )
 
     @cached_property
@@ -296,6 +301,7 @@ class OTResult:
                 rho=self.rho, n_iter_per_problem=iters, backend=self.backend,
                 omega=None if self.omega is None else self.omega[k],
                 kernel_counts=self.kernel_counts,
+                annealed=None if self.annealed is None else self.annealed[k],
             ))
         return out
 

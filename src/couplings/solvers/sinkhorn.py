@@ -498,11 +498,13 @@ def _iterate(
                                      zip(whole, (u, v, error, iters, omega), strict=True))
         if symmetric:
             v = u
+    annealed = torch.zeros(bsz, dtype=torch.long, device=a.device)
     if offset is not None:  # each problem's own iterations, without the ones it waited
         iters = iters - lag_all
         n_iter = int(iters.max())
+        annealed = (n_anneal - lag_all).long()
     converged = error <= tol
-    return u * eps, v * eps, n_iter, error, converged, iters, omega
+    return u * eps, v * eps, n_iter, error, converged, iters, omega, annealed
 
 
 # --------------------------------------------------------------------------------------------
@@ -870,7 +872,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
     sq = geom.cost_name == "sqeuclidean"
     with torch.no_grad():
         ops = OnlineSoftmin(x.detach(), y.detach(), geom.cost_fn, eps, sqeuclidean=sq)
-        f, g, n_iter, error, converged, iters, omega = _iterate(
+        f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
             ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling, check_every,
             init, symmetric, momentum=momentum,
         )
@@ -883,7 +885,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
         plan_fn=_online_only("plan"), cost=_online_only("cost matrix (nor linear_value, "
                                                         "rounded_plan or gap)"),
         n_iter=n_iter, eps=eps, solver="sinkhorn", n_iter_per_problem=iters, backend="online",
-        omega=omega,
+        omega=omega, annealed=annealed,
     )
 
 
@@ -1133,7 +1135,7 @@ def sinkhorn(
         init = _check_init(init, bsz, n, m, geom.batched, c, keep_grad=grad == "unroll")
     if grad == "unroll":
         ops = DenseSoftmin(c, eps, unroll=True, compiled=False)
-        f, g, n_iter, error, converged, iters, omega = _iterate(
+        f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
             ops, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, symmetric, rho,
             momentum,
         )
@@ -1143,7 +1145,7 @@ def sinkhorn(
                 ops = KernelSoftmin(c.detach(), eps)
             else:
                 ops = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled")
-            f, g, n_iter, error, converged, iters, omega = _iterate(
+            f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
                 ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
                 check_every, init, symmetric, rho, momentum,
             )
@@ -1167,7 +1169,7 @@ def sinkhorn(
             geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
             plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
             solver="sinkhorn", rho=rho, n_iter_per_problem=iters, backend=backend,
-            omega=omega, kernel_counts=kernel_counts,
+            omega=omega, kernel_counts=kernel_counts, annealed=annealed,
         )
 
     if grad == "implicit":
@@ -1185,5 +1187,5 @@ def sinkhorn(
         geom.batched, f=f, g=g, value=value, converged=converged, error=error, a=a, b=b,
         plan_fn=lambda: _plan(*plan_inputs, eps), cost=c, n_iter=n_iter, eps=eps,
         solver="sinkhorn", n_iter_per_problem=iters, backend=backend, omega=omega,
-        kernel_counts=kernel_counts,
+        kernel_counts=kernel_counts, annealed=annealed,
     )
