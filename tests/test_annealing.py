@@ -151,3 +151,29 @@ def test_annealing_with_the_kernel_and_online_backends_matches_tensorized():
         assert bool(res.converged.all())
         torch.testing.assert_close(res.value.double(), ref.value, rtol=2e-3, atol=0)
     assert math.isfinite(float(ref.value.sum()))
+
+
+@pytest.mark.parametrize("case", ["unbalanced", "symmetric", "warm start"])
+def test_auto_annealing_keeps_batches_equal_to_one_by_one(case):
+    c = _shifted([1.0, 0.1, 2.0], seed=5)
+    eps = float((c.amax((-2, -1)) - c.amin((-2, -1))).min()) / 6000
+    kw = dict(eps=eps, tol=1e-3, max_iter=50_000)
+    per_problem = [{} for _ in range(3)]
+    if case == "unbalanced":
+        kw["rho"] = 1.0
+    elif case == "symmetric":
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(3, 30, 2, generator=g, dtype=F64)
+        c = torch.cdist(x, x) ** 2 * torch.tensor([1.0, 0.1, 2.0], dtype=F64)[:, None, None]
+        kw["symmetric"] = True
+    else:
+        init = (torch.zeros(3, 30, dtype=F64), torch.full((3, 30), 0.1, dtype=F64))
+        kw["init"] = init
+        per_problem = [{"init": (init[0][i], init[1][i])} for i in range(3)]
+    batch = sinkhorn(c, **kw)
+    assert bool((batch.annealed > 0).all())
+    for i in range(3):
+        one = sinkhorn(c[i], **{**kw, **per_problem[i]})
+        assert int(one.n_iter) == int(batch.n_iter_per_problem[i])
+        assert int(one.annealed) == int(batch.annealed[i])
+        torch.testing.assert_close(batch.f[i], one.f, rtol=0, atol=1e-10)
