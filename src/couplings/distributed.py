@@ -217,10 +217,8 @@ class ShardedSoftmin(Softmin):
     def cost_range(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per problem ``(B,)``, over all ranks' rows (``a`` is this rank's block of rows)."""
         cost = self.inner.cost.detach()
-        kept = (a.unsqueeze(-1) > 0) & (b.unsqueeze(-2) > 0)
-        hi = torch.where(kept, cost, -math.inf).amax((-2, -1))
-        neg_lo = -torch.where(kept, cost, math.inf).amin((-2, -1))
-        bounds = _all_reduce(torch.stack([hi, neg_lo]).to(torch.float64), dist.ReduceOp.MAX,
+        hi, lo = _softmin.support_bounds(cost, a, b)
+        bounds = _all_reduce(torch.stack([hi, -lo]).to(torch.float64), dist.ReduceOp.MAX,
                              self.group)
         return (bounds[0] + bounds[1]).to(cost.dtype)
 

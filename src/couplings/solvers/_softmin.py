@@ -285,7 +285,8 @@ class DenseSoftmin(Softmin):
     def cost_range(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``max C - min C`` over the support of ``a`` ``(B, n)`` and ``b`` ``(B, m)``, per
         problem ``(B,)``."""
-        return _support_range(self.cost.detach(), a, b)
+        hi, lo = support_bounds(self.cost.detach(), a, b)
+        return hi - lo
 
     def _fused(self, name, h):
         """The compiled update ``name``: one pass shifted by the previous result when that
@@ -497,14 +498,16 @@ class KernelSoftmin(DenseSoftmin):
         return self._update(False, u, a, log_a)
 
 
-def _support_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``max C - min C`` per problem ``(B,)`` over the entries whose row and column weights are
-    positive (padding excluded); no ``n x m`` temporary unless some weight is zero."""
+def support_bounds(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+    """``(max C, min C)`` per problem, two ``(B,)`` tensors, over the entries of ``cost``
+    ``(B, n, m)`` whose row weight ``a`` ``(B, n)`` and column weight ``b`` ``(B, m)`` are
+    positive (padding excluded; ``-inf`` and ``inf`` where none is); no ``n x m`` temporary
+    unless some weight is zero."""
     if bool((a > 0).all()) and bool((b > 0).all()):
-        return cost.amax((-2, -1)) - cost.amin((-2, -1))
+        return cost.amax((-2, -1)), cost.amin((-2, -1))
     kept = (a.unsqueeze(-1) > 0) & (b.unsqueeze(-2) > 0)
-    return (torch.where(kept, cost, -math.inf).amax((-2, -1))
-            - torch.where(kept, cost, math.inf).amin((-2, -1)))
+    return (torch.where(kept, cost, -math.inf).amax((-2, -1)),
+            torch.where(kept, cost, math.inf).amin((-2, -1)))
 
 
 def _ahead(now, before, limit):
@@ -572,10 +575,9 @@ class OnlineSoftmin(Softmin):
         hi = self.x.new_full((bsz,), -math.inf)
         lo = self.x.new_full((bsz,), math.inf)
         for rows in _blocks(n, bsz * m, self.block):
-            c = self.cost_fn(self.x[:, rows], self.y)
-            kept = (a[:, rows, None] > 0) & (b[:, None, :] > 0)
-            hi = torch.maximum(hi, torch.where(kept, c, -math.inf).amax((-2, -1)))
-            lo = torch.minimum(lo, torch.where(kept, c, math.inf).amin((-2, -1)))
+            block_hi, block_lo = support_bounds(self.cost_fn(self.x[:, rows], self.y),
+                                                a[:, rows], b)
+            hi, lo = torch.maximum(hi, block_hi), torch.minimum(lo, block_lo)
         return hi - lo
 
     def _reduce(self, h, x, y, yt, cost_fn):

@@ -321,8 +321,6 @@ def _iterate(
             if waiting is not None:
                 v = torch.where(waiting, v_old * ratio, v)
         n_iter += 1
-    # the iterations each problem has not run (it waited), as a tensor on the device
-    lag = None if offset is None else offset.to(a.device)
     lam_a, lam_b = _damping(rho_a, eps), _damping(rho_b, eps)
     # Unbalanced, the dual changes only by O(t^2 / rho) along translations (f + t, g - t), so
     # plain iterations drift along them at the slow rate lam_a lam_b. Between the row and the
@@ -357,8 +355,9 @@ def _iterate(
     # the last one the safeguard of the relaxation compared (relaxed_iter, relaxed_err)
     # (in the batch's iterations: a problem that waited during the annealing is ``lag``
     # iterations behind, so its checks and its last iteration come that much later)
-    lag_all = lag if lag is not None else torch.zeros(bsz, dtype=torch.long, device=a.device)
-    lag = lag_all
+    # (the iterations each problem waited, as a tensor on the device)
+    lag = (torch.zeros(bsz, dtype=torch.long, device=a.device) if offset is None
+           else offset.to(a.device))
     own_end = max_iter + lag  # (B,) the batch iteration at which each problem has run max_iter
     limit = max_iter + (int(offset.max()) if offset is not None else 0)
     due_at = min_iter + lag
@@ -463,9 +462,9 @@ def _iterate(
                 omega, s, err_from, eta = (None if x is None else x[keep]
                                            for x in (omega, s, err_from, eta))
                 cap = cap[keep]
-                due_at, prev_iter, prev_err, relaxed_err, relaxed_iter, lag, own_end = (
+                due_at, prev_iter, prev_err, relaxed_err, relaxed_iter, own_end = (
                     x[keep] for x in (due_at, prev_iter, prev_err, relaxed_err, relaxed_iter,
-                                      lag, own_end))
+                                      own_end))
                 if symmetric:
                     v = u
                 active, everyone = active[keep], True
@@ -498,11 +497,10 @@ def _iterate(
                                      zip(whole, (u, v, error, iters, omega), strict=True))
         if symmetric:
             v = u
-    annealed = torch.zeros(bsz, dtype=torch.long, device=a.device)
+    annealed = n_anneal - lag  # K_p, 0 without annealing
     if offset is not None:  # each problem's own iterations, without the ones it waited
-        iters = iters - lag_all
+        iters = iters - lag
         n_iter = int(iters.max())
-        annealed = (n_anneal - lag_all).long()
     converged = error <= tol
     return u * eps, v * eps, n_iter, error, converged, iters, omega, annealed
 
