@@ -59,11 +59,11 @@ def test_the_schedule_starts_at_the_problems_own_range_on_a_grid_anchored_at_eps
     a = torch.full((2, 30), 1 / 30, dtype=F64)
     b = torch.full((2, 40), 1 / 40, dtype=F64)
     ops = SK.DenseSoftmin(c, 0.01, unroll=False, compiled=False)
-    stages, factor = SK._annealing_stages(ops, a, b, 0.01, 0.5, max_iter=1000)
+    stages, factor = SK._annealing_stages(SK._range_ratio(ops, a, b, 0.01), 0.5, max_iter=1000)
     ranges = (c.amax((-2, -1)) - c.amin((-2, -1)))
     for k, r in zip(stages.tolist(), ranges.tolist(), strict=True):
         assert 0.01 / factor**k >= r > 0.01 / factor ** (k - 1)  # first grid value >= range
-    capped, _ = SK._annealing_stages(ops, a, b, 0.01, 0.5, max_iter=5)
+    capped, _ = SK._annealing_stages(SK._range_ratio(ops, a, b, 0.01), 0.5, max_iter=5)
     assert capped.tolist() == [4, 4]  # max_iter cuts the coarse end
 
 
@@ -119,9 +119,9 @@ def test_auto_batch_of_annealed_and_plain_problems_equals_one_by_one():
     kw = dict(eps=eps, tol=1e-4, max_iter=50_000, scaling="auto")
     batch = sinkhorn(c, **kw)
     alone = _one_by_one(c, **kw)
-    stages, _ = SK._annealing_stages(SK.DenseSoftmin(c, eps, unroll=False, compiled=False),
-                                     torch.full((3, 30), 1 / 30, dtype=F64),
-                                     torch.full((3, 30), 1 / 30, dtype=F64), eps, "auto", 50_000)
+    w = torch.full((3, 30), 1 / 30, dtype=F64)
+    ratio = SK._range_ratio(SK.DenseSoftmin(c, eps, unroll=False, compiled=False), w, w, eps)
+    stages, _ = SK._annealing_stages(ratio, "auto", 50_000)
     assert stages[1] == 0 and bool((stages[[0, 2]] > 0).all())
     _assert_batch_equals_alone(batch, alone)
     # the result says which problems annealed, and for how many iterations

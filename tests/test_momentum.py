@@ -213,3 +213,53 @@ def test_result_reports_the_final_omega():
     x = random_problem(20, 20, seed=5)[0]
     sym = sinkhorn(torch.cdist(x, x) ** 2, eps=0.1, symmetric=True)
     assert bool(sym.converged) and float(sym.omega) == 1.0
+
+
+def _gaussians(seed, n=300, shift=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g)
+    y = torch.randn(n, 2, generator=g) * torch.tensor([0.5, 2.0]) + shift
+    return torch.cdist(x, y) ** 2
+
+
+def test_adaptive_starts_relaxed_at_a_moderate_eps(monkeypatch):
+    """At eps = 0.1 x mean cost a solve is short, and plain iterations until the rate is known
+    were a third of it: the relaxed start saves iterations there (30-40% on n = 1000 problems
+    when it was chosen) and changes no solution."""
+    costs = [_gaussians(seed) for seed in range(3)]
+
+    def solve_all():
+        return [sinkhorn(c, eps=0.1 * float(c.mean()), tol=1e-4, max_iter=1000) for c in costs]
+
+    relaxed = solve_all()
+    monkeypatch.setattr(sinkhorn_module, "_START_OMEGA", 1.0)
+    plain = solve_all()
+    assert all(bool(r.converged) for r in relaxed + plain)
+    assert sum(r.n_iter for r in relaxed) < 0.8 * sum(r.n_iter for r in plain)
+    for r1, r2 in zip(relaxed, plain, strict=True):
+        torch.testing.assert_close(r1.value, r2.value, rtol=1e-4, atol=0)
+
+
+def test_a_batch_of_relaxed_and_plain_starts_equals_one_by_one(monkeypatch):
+    """Without annealing, a problem whose cost range is at least _AUTO_RANGE_RATIO eps starts
+    plain and the others relaxed; in one batch, each as it would alone."""
+    base = _gaussians(5, n=60).double()
+    c = torch.stack([base, 1.1 * base])  # ranges of 0.95 and 1.045 x the threshold in eps
+    eps = float(base.amax() - base.amin()) / (0.95 * sinkhorn_module._AUTO_RANGE_RATIO)
+    kw = dict(eps=eps, tol=1e-5, max_iter=50_000, scaling=None)
+    starts = []
+    relaxed = sinkhorn_module._relaxed
+
+    def spy(old, new, omega):  # the first relaxed update records each problem's omega
+        if not starts:
+            starts.append(omega.squeeze(-1).tolist())
+        return relaxed(old, new, omega)
+
+    monkeypatch.setattr(sinkhorn_module, "_relaxed", spy)
+    batch = sinkhorn(c, **kw)
+    assert starts[0] == [sinkhorn_module._START_OMEGA, 1.0]
+    for i in range(2):
+        alone = sinkhorn(c[i], **kw)
+        assert bool(alone.converged) and int(batch.n_iter_per_problem[i]) == alone.n_iter
+        torch.testing.assert_close(batch.f[i], alone.f, rtol=0, atol=1e-10)
+        torch.testing.assert_close(batch.g[i], alone.g, rtol=0, atol=1e-10)

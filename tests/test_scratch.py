@@ -4,7 +4,8 @@ holders, and invisible in the results."""
 import pytest
 import torch
 
-from couplings import sinkhorn
+from couplings import PointCloud, sinkhorn
+from couplings.costs import sqeuclidean
 from couplings.solvers import _scratch
 
 from ._spies import spy_absorptions
@@ -37,12 +38,26 @@ def test_a_larger_request_or_another_dtype_gets_new_memory():
     assert _scratch.take((10,), torch.zeros(1)).data_ptr() == buf.data_ptr()
 
 
-def test_the_whole_storage_is_kept_and_the_larger_idle_buffer_wins():
+def test_the_whole_storage_is_kept_and_the_smallest_fitting_buffer_is_taken():
     big = _scratch.take((100,), torch.zeros(1))
     _scratch.give(big[10:20].view(2, 5))  # a view: its whole storage is what comes back
+    _scratch.give(big)  # given twice: kept once
     small = torch.empty(5)
-    _scratch.give(small)  # smaller than the idle one: not kept
-    assert _scratch.take((100,), torch.zeros(1)).data_ptr() == big.data_ptr()
+    _scratch.give(small)
+    assert _scratch.take((4,), torch.zeros(1)).data_ptr() == small.data_ptr()
+    assert _scratch.take((4,), torch.zeros(1)).data_ptr() == big.data_ptr()
+    assert _scratch.take((4,), torch.zeros(1)).data_ptr() not in (small.data_ptr(),
+                                                                  big.data_ptr())
+
+
+def test_at_most_max_idle_buffers_are_kept_and_the_smallest_goes_first():
+    bufs = [torch.empty(k) for k in (30, 10, 20)]
+    for buf in bufs:
+        _scratch.give(buf)
+    assert _scratch.MAX_IDLE == 2  # the 10 was dropped
+    assert _scratch.take((5,), torch.zeros(1)).data_ptr() == bufs[2].data_ptr()
+    assert _scratch.take((5,), torch.zeros(1)).data_ptr() == bufs[0].data_ptr()
+    assert _scratch.take((5,), torch.zeros(1)).data_ptr() != bufs[1].data_ptr()
 
 
 def test_buffers_over_the_limit_are_not_kept(monkeypatch):
@@ -74,3 +89,49 @@ def test_consecutive_kernel_solves_reuse_the_kernel_memory_and_keep_their_result
     fresh = sinkhorn(c2, eps=0.05, tol=1e-5, backend="kernel")
     for name in ("f", "g", "value", "error"):
         torch.testing.assert_close(getattr(second, name), getattr(fresh, name), rtol=0, atol=0)
+
+
+def _clouds(seed, n=40, m=50):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g), torch.randn(m, 2, generator=g) + 0.3
+
+
+def _idle_pointers():
+    return {buf.data_ptr() for pool in _scratch._idle.values() for buf in pool}
+
+
+@pytest.mark.parametrize("backend", ["tensorized", "kernel"])
+def test_a_point_cloud_solve_gives_its_cost_matrix_back_and_its_result_recomputes_it(backend):
+    x1, y1 = _clouds(0)
+    first = sinkhorn(PointCloud(x1, y1), eps=0.1, tol=1e-6, backend=backend)
+    idle = _idle_pointers()
+    assert len(idle) == (2 if backend == "kernel" else 1)  # the cost (and the kernel)
+    # the result evaluates the cost again: its plan and certificate are those of the matrix
+    ref = sinkhorn(sqeuclidean(x1, y1), eps=0.1, tol=1e-6, backend=backend)
+    first_plan = first.plan.clone()
+    torch.testing.assert_close(first_plan, ref.plan, rtol=0, atol=0)
+    torch.testing.assert_close(first.linear_value, ref.linear_value, rtol=0, atol=0)
+    torch.testing.assert_close(first.gap, ref.gap, rtol=0, atol=0)
+    # the next solve of that size writes its cost into the memory given back ...
+    x2, y2 = _clouds(1)
+    second = sinkhorn(PointCloud(x2, y2), eps=0.1, tol=1e-6, backend=backend)
+    assert _idle_pointers() == idle
+    # ... and neither result changed
+    torch.testing.assert_close(first.plan, first_plan, rtol=0, atol=0)
+    again = sinkhorn(sqeuclidean(x2, y2), eps=0.1, tol=1e-6, backend=backend)
+    torch.testing.assert_close(second.plan, again.plan, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("needs_grad", ["points", "weights"])
+def test_a_cost_that_autograd_holds_is_not_given_back(needs_grad):
+    x, y = _clouds(2)
+    a = torch.full((40,), 1 / 40)
+    if needs_grad == "points":
+        x.requires_grad_(True)
+    else:
+        a.requires_grad_(True)
+    res = sinkhorn(PointCloud(x, y), a, eps=0.1, tol=1e-6)
+    assert _idle_pointers() == set()
+    res.value.backward()
+    grad = x.grad if needs_grad == "points" else a.grad
+    assert grad is not None and bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)

@@ -78,12 +78,18 @@ def sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ``(B, n, m)`` or ``(n, m)``, clamped at 0 against round-off.
     """
     x, y, batched = _batch_points(x, y)
+    return _unbatch(sqeuclidean_into(x, y, None), batched)
+
+
+def sqeuclidean_into(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """:func:`sqeuclidean` of batched points ``(B, n, d)``, ``(B, m, d)``, written into ``out``
+    ``(B, n, m)`` (a new tensor when ``None``) and returned. No checks."""
     x2 = (x * x).sum(-1, keepdim=True)  # (B, n, 1)
     y2 = (y * y).sum(-1).unsqueeze(-2)  # (B, 1, m)
     # in place after the first pass: one (B, n, m) matrix, 2.5x faster at n = m = 4000 than
     # out-of-place; x2 + y2 first, so that the cost of y = x is exactly symmetric
-    c = torch.add(x2, y2).baddbmm_(x, y.transpose(-2, -1), alpha=-2.0)  # (B, n, m)
-    return _unbatch(c.clamp_min_(0.0), batched)
+    c = torch.add(x2, y2, out=out) if out is not None else torch.add(x2, y2)
+    return c.baddbmm_(x, y.transpose(-2, -1), alpha=-2.0).clamp_min_(0.0)
 
 
 def euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

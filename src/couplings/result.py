@@ -124,7 +124,7 @@ class OTResult:
         >>> bool(-1e-12 <= res.gap < 1e-8), bool(res.dual_value <= res.primal_value + 1e-12)
         (True, True)
         >>> res.summary()  # doctest: +ELLIPSIS
-        'sinkhorn (eps=0.1): value 0.39433, gap ..., error ..., converged True, n_iter 21'
+        'sinkhorn (eps=0.1): value 0.39433, gap ..., error ..., converged True, n_iter 23'
     """
 
     f: torch.Tensor

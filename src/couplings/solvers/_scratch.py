@@ -1,15 +1,17 @@
 """Scratch matrices kept for the next solve on the CPU.
 
-A solve's ``n x m`` scratch matrix (the kernel of the ``"kernel"`` backend) is written once per
-absorption and dropped when the solve returns. On the CPU, glibc's allocator may hand a freed
-block of a few MB back to the operating system, and the next solve's first write into a fresh
-block then takes a page fault per 4 KB page. At n = m = 1000 (float32) that was 1.3 ms of a 9.5
-ms solve, in some processes and not in others (whether glibc trimmed its heap), for the
-absorption and for the next cost matrix. Keeping the last released buffer for the next solve
-removes it.
+A dense solve on the CPU writes two ``n x m`` matrices that it drops when it returns: the cost
+of a point cloud (when nothing keeps it: no autograd, see :func:`couplings.sinkhorn`) and the
+kernel of the ``"kernel"`` backend. glibc's allocator may hand a freed block of a few MB back to
+the operating system, and the next solve's first write into a fresh block then takes a page
+fault per 4 KB page. At n = m = 1000 (float32) that was about 1 ms per matrix of a 9-13 ms
+solve, in some processes and not in others (whether glibc trimmed its heap), and always for a
+cost matrix allocated while the previous result still held its own. Keeping the released
+buffers for the next solve removes it.
 
-At most one idle buffer per ``(device, dtype)`` is kept, of at most :data:`LIMIT_BYTES`; CUDA
-has its own caching allocator and is not kept. :func:`clear` drops them.
+At most :data:`MAX_IDLE` idle buffers per ``(device, dtype)`` are kept, each of at most
+:data:`LIMIT_BYTES`; CUDA has its own caching allocator and is not kept. :func:`clear` drops
+them.
 """
 
 from __future__ import annotations
@@ -19,28 +21,33 @@ import threading
 
 import torch
 
-__all__ = ["LIMIT_BYTES", "take", "give", "clear"]
+__all__ = ["LIMIT_BYTES", "MAX_IDLE", "take", "give", "clear"]
 
 LIMIT_BYTES = 256 * 2**20
-_idle: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+MAX_IDLE = 2  # a solve's cost and kernel
+_idle: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
 _lock = threading.Lock()
 
 
 def take(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """An uninitialised contiguous tensor of ``shape``, with ``like``'s dtype and device: the
-    idle buffer of that kind when it is large enough (it is no longer idle), else a new one."""
+    smallest idle buffer of that kind that is large enough (it is no longer idle), else a new
+    one."""
     numel = math.prod(shape)
     with _lock:
-        buf = _idle.get((like.device, like.dtype))
-        if buf is not None and buf.numel() >= numel:
-            del _idle[like.device, like.dtype]
+        pool = _idle.get((like.device, like.dtype), [])
+        fits = [buf for buf in pool if buf.numel() >= numel]
+        if fits:
+            buf = min(fits, key=torch.Tensor.numel)
+            _remove(pool, buf)
             return buf[:numel].view(shape)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 def give(buf: torch.Tensor | None) -> None:
     """Keep the storage of ``buf``, which its owner no longer uses, for the next :func:`take`:
-    on the CPU, up to :data:`LIMIT_BYTES`, in place of a smaller idle buffer of its kind."""
+    on the CPU, up to :data:`LIMIT_BYTES`; when :data:`MAX_IDLE` buffers of its kind are
+    already idle, the smallest of them all is dropped."""
     if buf is None or buf.device.type != "cpu":
         return
     storage = buf.untyped_storage()
@@ -48,9 +55,17 @@ def give(buf: torch.Tensor | None) -> None:
         return
     whole = buf.new_empty(0).set_(storage, 0, (storage.nbytes() // buf.element_size(),))
     with _lock:
-        old = _idle.get((buf.device, buf.dtype))
-        if old is None or old.numel() < whole.numel():
-            _idle[buf.device, buf.dtype] = whole
+        pool = _idle.setdefault((buf.device, buf.dtype), [])
+        if any(kept.data_ptr() == whole.data_ptr() for kept in pool):
+            return
+        pool.append(whole)
+        if len(pool) > MAX_IDLE:
+            _remove(pool, min(pool, key=torch.Tensor.numel))
+
+
+def _remove(pool: list[torch.Tensor], buf: torch.Tensor) -> None:
+    """Remove ``buf`` itself from ``pool`` (``list.remove`` would compare tensors by value)."""
+    del pool[next(i for i, kept in enumerate(pool) if kept is buf)]
 
 
 def clear() -> None:
