@@ -373,12 +373,11 @@ class KernelSoftmin(DenseSoftmin):
     safe without a log-domain update before it (one exp pass, written into the same buffer
     every time, and two min-reductions, in place of two log-domain updates and the exp pass:
     about 1.5 ms of a 10 ms solve at n = 1000). An update that leaves the safe range
-    re-anchors the kernel near its
-    input and the latest result of its own side, and retries the product. Most failures are
-    potentials that drifted beyond ``L`` from old anchors, so the new anchors lead each
-    potential along its last step (:func:`_ahead`); this halved the re-anchorings at
-    ``eps = 0.01 x mean cost`` (6-19% less time), and a retry costs an absorption where a
-    log-domain update and an absorption would. When the retry fails too, the update is redone
+    re-anchors the kernel near its input and the latest result of its own side, and retries
+    the product. Most failures are potentials that drifted beyond ``L`` from old anchors, so
+    the new anchors lead each potential along its last step (:func:`_ahead`); this halved the
+    re-anchorings at ``eps = 0.01 x mean cost`` (6-19% less time), and a retry costs an
+    absorption where a log-domain update and an absorption would. When the retry fails too, the update is redone
     in the log domain and absorbed, and the next ``backoff`` updates (doubling up to 64 while
     attempts fail, as at a small ``eps`` far from convergence) go to the log domain directly,
     so the path costs at most a few percent over pure log-domain iterations where it cannot
@@ -489,13 +488,13 @@ class KernelSoftmin(DenseSoftmin):
         likelier to fail; the usual re-anchoring and fallback then apply). The column update
         is the mirror image.
         """
-        scale = self._scale()
+        scale, kept = self._scale(), weights > 0
         this, _ = run_kernel("ctransform_rows" if rows else "ctransform_cols",
-                             torch.where(weights > 0, pot, -math.inf), self.cost, scale,
+                             torch.where(kept, pot, -math.inf), self.cost, scale,
                              compiled=self.compiled)
         back, _ = run_kernel("ctransform_cols" if rows else "ctransform_rows", this, self.cost,
                              scale, compiled=self.compiled)
-        other = torch.where(weights > 0, torch.minimum(back, pot + self.limit), back)
+        other = torch.where(kept, torch.minimum(back, pot + self.limit), back)
         self._absorb(*((this, other) if rows else (other, this)))
 
     def _try(self, rows: bool, pot, weights):
