@@ -367,21 +367,21 @@ class KernelSoftmin(DenseSoftmin):
     ``m exp(c + 2 L)`` beside the sum (``7e-13 m`` in float32), while the products of the
     kept entries with the weights stay normal numbers for weights down to 1e-6 (subnormal
     arithmetic is many times slower on CPUs: flooring the entries at ``exp(-80)`` instead made
-    the matrix-vector products 3x slower). The first kernel of a solve, and the first after
-    each change of ``e``, is anchored from the cost alone, by c-transforms of the update's
-    input (:meth:`_anchor`): every row of it then holds an entry 1, so the first update is
-    safe without a log-domain update before it (one exp pass, written into the same buffer
-    every time, and two min-reductions, in place of two log-domain updates and the exp pass:
-    about 1.5 ms of a 10 ms solve at n = 1000). An update that leaves the safe range
-    re-anchors the kernel near its input and the latest result of its own side, and retries
-    the product. Most failures are potentials that drifted beyond ``L`` from old anchors, so
-    the new anchors lead each potential along its last step (:func:`_ahead`); this halved the
-    re-anchorings at ``eps = 0.01 x mean cost`` (6-19% less time), and a retry costs an
-    absorption where a log-domain update and an absorption would. When the retry fails too, the update is redone
-    in the log domain and absorbed, and the next ``backoff`` updates (doubling up to 64 while
-    attempts fail, as at a small ``eps`` far from convergence) go to the log domain directly,
-    so the path costs at most a few percent over pure log-domain iterations where it cannot
-    help. Every change of ``e`` (epsilon scaling) invalidates the kernel.
+    the matrix-vector products 3x slower). The first kernel of a solve, and the first after each
+    change of ``e``, is anchored from the cost alone, by c-transforms of the update's input
+    (:meth:`_anchor`): every row of it then holds an entry 1, so the first update is safe
+    without a log-domain update before it (one exp pass, written into the same buffer every
+    time, and two min-reductions, in place of two log-domain updates and the exp pass: about 1.5
+    ms of a 10 ms solve at n = 1000). An update that leaves the safe range re-anchors the kernel
+    near its input and the latest result of its own side, and retries the product. Most failures
+    are potentials that drifted beyond ``L`` from old anchors, so the new anchors lead each
+    potential along its last step (:func:`_ahead`); this halved the re-anchorings at
+    ``eps = 0.01 x mean cost`` (6-19% less time), and a retry costs an absorption where a log-domain
+    update and an absorption would. When the retry fails too, the update is redone in the log
+    domain and absorbed, and the next ``backoff`` updates (doubling up to 64 while attempts
+    fail, as at a small ``eps`` far from convergence) go to the log domain directly, so the path
+    costs at most a few percent over pure log-domain iterations where it cannot help. Every
+    change of ``e`` (epsilon scaling) invalidates the kernel.
     """
 
     def __init__(self, cost: torch.Tensor, eps: float):
