@@ -94,6 +94,44 @@ def test_kernel_path_runs_matvecs_and_falls_back_at_small_eps(monkeypatch, dtype
         torch.testing.assert_close(res.plan, ref.plan, rtol=0, atol=10 * tol)
 
 
+def _kernel_product(kernel, dev, weights):
+    """The row update of a :class:`KernelSoftmin` holding ``kernel`` ``(1, n, m)`` at zero
+    anchors, for potentials ``dev`` ``(1, m)`` off them, or ``None`` where it is refused."""
+    ops = _softmin.KernelSoftmin(torch.zeros_like(kernel), 1.0)
+    ops.kt, ops.alpha, ops.beta = kernel, torch.zeros(1, kernel.shape[1]), torch.zeros_like(dev)
+    return ops._matvec(dev, ops.beta, weights, ops.alpha, True)
+
+
+def test_kernel_product_is_refused_only_where_cut_entries_could_matter():
+    """The product is safe when ``log sum_j w_j e^{d_j} - min log(sum) <= 2 L`` (the cut entries
+    then weigh at most ``exp(c + 2 L)`` beside every sum), ``min d`` keeps the products normal
+    numbers, and no sum overflows; a potential more than ``L`` ahead of its anchor is fine on
+    its own."""
+    w = torch.full((1, 4), 0.25)
+    ones = torch.ones(1, 3, 4)
+    ahead = torch.tensor([[20.0, 0.0, 0.0, 0.0]])  # 20 > L = 15 eps ahead of its anchor
+    out = _kernel_product(ones, ahead, w)
+    exact = -torch.log((ones.double() @ (ahead.double().exp() * 0.25).unsqueeze(-1)).squeeze(-1))
+    assert out is not None
+    torch.testing.assert_close(out.double(), exact, rtol=1e-6, atol=0)
+    # the same potentials beside a row whose sum is exp(-12.3): the weighted inputs sum to
+    # exp(18.6), and 18.6 + 12.3 > 2 L: refused
+    small = ones.clone()
+    small[0, 0] = torch.tensor([-40.0, -12.0, -12.0, -12.0]).exp()
+    assert _kernel_product(small, ahead, w) is None
+    # far behind the anchor: refused only where a product could be subnormal, which depends
+    # on the smallest weight (floor log(tiny) - c - log(min w) - 1: -29 here, -16.5 at 1e-6)
+    behind = torch.tensor([[-25.0, 0.0, 0.0, 0.0]])
+    assert _kernel_product(ones, behind, w) is not None
+    tiny_weight = torch.tensor([[1e-6, 0.25, 0.25, 0.25]])
+    assert _kernel_product(ones, behind, tiny_weight) is None
+    # a sum that is 0 (every entry of a row cut) or that overflows is refused
+    cut = ones.clone()
+    cut[0, 1] = 0.0
+    assert _kernel_product(cut, torch.zeros(1, 4), w) is None
+    assert _kernel_product(ones, torch.tensor([[89.0, 0.0, 0.0, 0.0]]), w) is None
+
+
 def test_kernel_absorptions_reuse_one_buffer(monkeypatch):
     made = _spy_kernel(monkeypatch)
     pointers = spy_absorptions(monkeypatch)
