@@ -36,7 +36,7 @@ def test_relaxed_update_caps_only_a_large_extrapolation():
     new = torch.tensor([[1.0, -2.0, 20.0, 0.0]], dtype=torch.float64)
     omega = torch.tensor([[1.5]], dtype=torch.float64)
     cap = sinkhorn_module._EXTRAPOLATION_CAP
-    out = _relaxed(old, new, omega)
+    out = _relaxed(old, new, omega - 1)
     # small steps: plain over-relaxation; large ones: new plus the cap, in the step's direction
     expected = torch.tensor([[1.5, -3.0, 20.0 + cap, -cap]], dtype=torch.float64)
     torch.testing.assert_close(out, expected)
@@ -250,10 +250,10 @@ def test_a_batch_of_relaxed_and_plain_starts_equals_one_by_one(monkeypatch):
     starts = []
     relaxed = sinkhorn_module._relaxed
 
-    def spy(old, new, omega):  # the first relaxed update records each problem's omega
+    def spy(old, new, excess):  # the first relaxed update records each problem's omega
         if not starts:
-            starts.append(omega.squeeze(-1).tolist())
-        return relaxed(old, new, omega)
+            starts.append((excess.squeeze(-1) + 1).tolist())
+        return relaxed(old, new, excess)
 
     monkeypatch.setattr(sinkhorn_module, "_relaxed", spy)
     batch = sinkhorn(c, **kw)
