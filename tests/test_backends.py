@@ -132,6 +132,33 @@ def test_kernel_product_is_refused_only_where_cut_entries_could_matter():
     assert _kernel_product(ones, torch.tensor([[89.0, 0.0, 0.0, 0.0]]), w) is None
 
 
+def test_kernel_stages_after_the_first_are_absorbed_at_the_latest_potentials(monkeypatch):
+    """Under epsilon scaling only the first kernel is anchored by c-transforms of the cost;
+    each later stage absorbs its kernel at the current potentials (rescaled to the stage's
+    eps), and the solve still equals the log-domain one."""
+    made = _spy_kernel(monkeypatch)
+    calls = []
+    run = _softmin.run_kernel
+
+    def spy(name, *args, **kwargs):
+        calls.append(name)
+        return run(name, *args, **kwargs)
+
+    monkeypatch.setattr(_softmin, "run_kernel", spy)
+    x, y, a, b = _problem(bsz=1, n=60, m=70, dtype=torch.float32, zeros=False)
+    cost = torch.cdist(x, y) ** 2
+    kw = dict(eps=0.01, tol=1e-5, max_iter=50_000, scaling=0.5)
+    res = sinkhorn(cost, a, b, backend="kernel", **kw)
+    ops = made[-1]
+    stages = int(res.annealed)
+    assert stages >= 5 and bool(res.converged.all())
+    assert calls.count("ctransform_rows") == calls.count("ctransform_cols") == 1
+    assert ops.n_absorb >= stages + 1 and ops.n_log == 0
+    ref = sinkhorn(cost, a, b, backend="tensorized", **kw)
+    torch.testing.assert_close(res.value, ref.value, rtol=0, atol=1e-4)
+    torch.testing.assert_close(res.plan, ref.plan, rtol=0, atol=1e-4)
+
+
 def test_kernel_absorptions_reuse_one_buffer(monkeypatch):
     made = _spy_kernel(monkeypatch)
     pointers = spy_absorptions(monkeypatch)
