@@ -112,6 +112,22 @@ def test_auto_anneals_only_where_eps_is_small_against_the_range():
             assert int(auto.n_iter) < int(plain.n_iter) / 10
 
 
+def test_auto_anneals_by_larger_steps_from_a_smaller_range_for_a_loose_tol():
+    c = _shifted([1.0])[0]
+    r = float(c.amax() - c.amin())
+    eps = r / (3 * SK._LOOSE_RANGE_RATIO)  # a range of 600 eps: below the default threshold
+    kw = dict(eps=eps, max_iter=50_000)
+    tight = sinkhorn(c, tol=SK._LOOSE_TOL / 10, **kw)
+    loose = sinkhorn(c, tol=SK._LOOSE_TOL, **kw)
+    assert int(tight.annealed) == 0 and bool(tight.converged)
+    # one iteration at each eps / 0.5^j from the first at or above the range: 2^10 > 600
+    assert int(loose.annealed) == math.ceil(math.log2(r / eps)) == 10
+    fixed = sinkhorn(c, tol=SK._LOOSE_TOL, scaling=SK._LOOSE_SCALING, **kw)
+    assert bool(loose.converged) and int(loose.n_iter) == int(fixed.n_iter)
+    torch.testing.assert_close(loose.f, fixed.f, rtol=0, atol=0)
+    assert float(loose.error) <= SK._LOOSE_TOL
+
+
 def test_auto_batch_of_annealed_and_plain_problems_equals_one_by_one():
     c = _shifted([1.0, 1.0, 1.0], seed=5)
     eps = float((c.amax((-2, -1)) - c.amin((-2, -1))).min()) / (3 * SK._AUTO_RANGE_RATIO)
