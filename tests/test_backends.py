@@ -212,12 +212,25 @@ def test_compiled_float32_and_gradients_match():
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
 
 
-def test_auto_picks_by_size_and_grad_mode():
+def test_auto_picks_by_size_and_grad_mode(monkeypatch):
+    """The kernel backend at every size, its kernels compiled from 2**18 entries only (below,
+    compiling would cost more than it saves); the log domain for grad="unroll"."""
+    compiled = []
+    run = _softmin.run_kernel
+
+    def spy(name, *args, **kwargs):
+        compiled.append(kwargs.get("compiled", True))
+        return run(name, *args, **kwargs)
+
+    monkeypatch.setattr(_softmin, "run_kernel", spy)
     x, y, a, b = _problem(bsz=1, n=10, m=12)
-    assert sinkhorn(PointCloud(x, y), a, b, eps=0.5).backend == "tensorized"
+    assert sinkhorn(PointCloud(x, y), a, b, eps=0.5).backend == "kernel"
+    assert compiled and not any(compiled)
+    compiled.clear()
     g = torch.Generator().manual_seed(1)
     big = torch.rand(1, 520, 520, generator=g)  # 270 400 entries >= 2**18
     assert sinkhorn(big, eps=0.5).backend == "kernel"
+    assert compiled and all(compiled) == _softmin.compile_available()
     unrolled = sinkhorn(big.double().requires_grad_(), eps=0.5, grad="unroll", max_iter=3,
                         min_iter=3)
     assert unrolled.backend == "tensorized"
@@ -365,8 +378,9 @@ def test_a_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
         warnings.simplefilter("error")  # the warning came once
         online = sinkhorn(PointCloud(x, y), a, b, eps=0.3, tol=1e-10, backend="online")
     assert bool(online.converged.all())
-    # auto no longer proposes the compiled kernels
-    assert sinkhorn(torch.rand(1, 520, 520), eps=0.5).backend == "tensorized"
+    # auto still runs the kernel backend, its kernels now eager (and no further warning)
+    big = sinkhorn(torch.rand(1, 520, 520), eps=0.5)
+    assert big.backend == "kernel" and bool(big.converged)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -208,7 +208,9 @@ def test_result_reports_the_final_omega():
     assert bool((auto.omega > 1.3).any())
     for i in range(5):
         one = sinkhorn(c[i], a[i], b[i], **kw)
-        assert one.omega.shape == () and float(one.omega) == float(auto.omega[i])
+        # (to rounding: the kernel backend re-anchors when any problem of the batch needs it)
+        assert one.omega.shape == ()
+        assert float(one.omega) == pytest.approx(float(auto.omega[i]), rel=1e-9, abs=0)
     # a symmetric problem is never relaxed
     x = random_problem(20, 20, seed=5)[0]
     sym = sinkhorn(torch.cdist(x, x) ** 2, eps=0.1, symmetric=True)

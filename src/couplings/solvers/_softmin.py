@@ -388,8 +388,8 @@ class KernelSoftmin(DenseSoftmin):
     iterations where it cannot help.
     """
 
-    def __init__(self, cost: torch.Tensor, eps: float):
-        super().__init__(cost, eps, unroll=False, compiled=compile_available())
+    def __init__(self, cost: torch.Tensor, eps: float, *, compiled: bool = True):
+        super().__init__(cost, eps, unroll=False, compiled=compiled and compile_available())
         low_precision = torch.finfo(cost.dtype).bits <= 32
         limit, self.cutoff = (15.0, -58.0) if low_precision else (30.0, -300.0)
         self.limit = limit

@@ -63,7 +63,7 @@ from .._validation import (
 )
 from ..geometry import Geometry, PointCloud, as_geometry
 from ..result import ConvergenceWarning, OTResult
-from . import _scratch, _softmin
+from . import _scratch
 from ._softmin import DenseSoftmin, KernelSoftmin, OnlineEnvelope, OnlineSoftmin
 from ._softmin import safe_log as _safe_log
 
@@ -72,9 +72,13 @@ __all__ = ["sinkhorn", "Implicit", "GRAD_MODES", "BACKENDS"]
 GRAD_MODES = ("implicit", "unroll", "envelope")
 BACKENDS = ("auto", "tensorized", "compiled", "kernel", "online")
 
-# backend="auto": the compiled kernels from this many cost entries (B n m) on (below it the
-# eager update is fast enough that compiling, seconds once per process, does not pay), and the
-# online backend for a point cloud whose dense cost would take more than this many bytes
+# backend="auto": the kernel backend (unless grad="unroll"), its kernels compiled from this many
+# cost entries (B n m) on (below it their eager form is fast enough that compiling, seconds once
+# per process, does not pay), and the online backend for a point cloud whose dense cost would
+# take more than this many bytes. The kernel backend with eager kernels takes 0.66-0.93x the
+# time of the eager log domain ("tensorized") from n = m = 50 to 500 (2-D Gaussians, float32,
+# tol 1e-4, eps = 0.1 and 0.01 x mean cost; benchmarks/small_backends.py), 0.41-0.95x in an
+# earlier run on other draws.
 AUTO_COMPILED_ENTRIES = 1 << 18
 AUTO_ONLINE_BYTES = 1 << 31
 
@@ -874,10 +878,7 @@ def _choose_backend(backend: str, geom: Geometry, grad, balanced: bool) -> str:
         itemsize = torch.finfo(geom.dtype).bits // 8
         if online_ok and bsz * n * m * itemsize > AUTO_ONLINE_BYTES:
             return "online"
-        if (grad != "unroll" and bsz * n * m >= AUTO_COMPILED_ENTRIES
-                and _softmin.compile_available()):
-            return "kernel"
-        return "tensorized"
+        return "tensorized" if grad == "unroll" else "kernel"
     if backend in ("compiled", "kernel") and grad == "unroll":
         raise ValueError(f"backend={backend!r} does not record autograd through the "
                          "iterations; use backend='tensorized' (or 'auto') with grad='unroll'.")
@@ -1099,8 +1100,10 @@ def sinkhorn(
             balanced OT with ``grad="envelope"`` (``value`` differentiates to the points, block by
             block); the result has no ``plan``, ``linear_value`` or certificate. ``"auto"``
             (default): online for a point cloud whose dense cost would exceed 2 GiB (when
-            balanced, envelope), else kernel from ``2**18`` cost entries
-            (not with ``grad="unroll"``), else tensorized.
+            balanced, envelope), else tensorized with ``grad="unroll"``, else kernel, whose
+            kernels (the absorption, the c-transforms and the log-domain fallback) are compiled
+            from ``2**18`` cost entries and eager below (no compilation; still 0.4-0.95x the
+            time of tensorized from n = m = 50 to 500, ``benchmarks/small_backends.py``).
         momentum: over-relaxation of the updates, ``f <- f + omega (T(g) - f)`` and likewise
             for ``g`` (Thibault et al.; Lehmann et al.): ``1.0`` is plain Sinkhorn; a number in
             ``(0, 2)`` a fixed ``omega``; ``"adaptive"`` runs its first 5 iterations at
@@ -1193,7 +1196,7 @@ def sinkhorn(
     balanced = math.isinf(rho[0]) and math.isinf(rho[1])
     check_choice(backend, "backend", BACKENDS)
     bsz, n, m = geom.shape
-    backend = _choose_backend(backend, geom, grad, balanced)
+    requested, backend = backend, _choose_backend(backend, geom, grad, balanced)
     momentum = _check_momentum(momentum, balanced, symmetric, min_iter >= max_iter)
     if grad is None:
         grad = "envelope" if backend == "online" else "implicit"
@@ -1226,8 +1229,9 @@ def sinkhorn(
         )
     else:
         with torch.no_grad():
-            if backend == "kernel":
-                ops = KernelSoftmin(c.detach(), eps)
+            if backend == "kernel":  # "auto" compiles its kernels for large problems only
+                ops = KernelSoftmin(c.detach(), eps, compiled=requested == "kernel"
+                                    or bsz * n * m >= AUTO_COMPILED_ENTRIES)
             else:
                 ops = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled")
             f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
