@@ -1013,11 +1013,12 @@ def sinkhorn(
     iterations damped by :math:`\lambda = \rho / (\rho + \varepsilon)`.
 
     Batches: each problem stops at its own tolerance and is then frozen, so a batch gives what
-    its problems give one by one (``n_iter_per_problem`` included), and once enough problems
-    have converged the iterations run on the active ones only (no per-problem Python loop), so
-    a batch costs about the sum of its problems' iterations. Problems of different sizes are
-    padded with zero weights by :func:`~couplings.pad_problems` and split back by
-    :meth:`~couplings.OTResult.unpad`.
+    its problems give one by one (``n_iter_per_problem`` included; exactly on the log-domain
+    backends, to rounding on ``"kernel"``, whose re-anchorings are decided over the batch),
+    and once enough problems have converged the iterations run on the active ones only (no
+    per-problem Python loop), so a batch costs about the sum of its problems' iterations.
+    Problems of different sizes are padded with zero weights by :func:`~couplings.pad_problems`
+    and split back by :meth:`~couplings.OTResult.unpad`.
 
     Args:
         cost: cost matrix ``(B, n, m)`` or ``(n, m)``, or a :class:`~couplings.Geometry` such as
