@@ -413,12 +413,14 @@ class KernelSoftmin(DenseSoftmin):
         if eps != self.eps:
             ratio = self.eps / eps
             super().set_eps(eps)
-            # the latest results, else the anchors, in units of the new eps: the next kernel's
-            # anchors on the side an update writes (_anchor)
-            guess = {True: self.alpha, False: self.beta}
-            self.guess = {k: None if p is None else p * ratio
-                          for k, p in ((k, self.last[k] if self.last[k] is not None else g)
-                                       for k, g in guess.items())}
+            # the next kernel's anchors on the side an update writes (_anchor): its latest
+            # result, else the last kernel's anchor there, in units of the new eps
+            def rescaled(latest, anchor):
+                p = latest if latest is not None else anchor
+                return None if p is None else p * ratio
+
+            self.guess = {True: rescaled(self.last[True], self.alpha),
+                          False: rescaled(self.last[False], self.beta)}
             self.kt = self.alpha = self.beta = None
             self._forget()
 
@@ -489,7 +491,7 @@ class KernelSoftmin(DenseSoftmin):
             smallest = torch.where(kept, weights, math.inf).amin()
             positive, smallest = torch.stack([kept.all().to(smallest.dtype), smallest]).tolist()
             tiny = math.log(torch.finfo(weights.dtype).tiny)
-            floor = tiny - self.cutoff - math.log(smallest) - 1.0 if smallest > 0 else -self.limit
+            floor = tiny - self.cutoff - math.log(smallest) - 1.0  # -inf if no weight > 0
             self.sides[rows] = (positive == 1.0, min(floor, -self.limit))
         return self.sides[rows]
 

@@ -138,12 +138,10 @@ def _annealing_stages(ratio: torch.Tensor | None, scaling, max_iter: int, tol: f
     if scaling == "auto":
         factor, threshold = ((_LOOSE_SCALING, _LOOSE_RANGE_RATIO) if tol >= _LOOSE_TOL
                              else (_AUTO_SCALING, _AUTO_RANGE_RATIO))
-    else:
-        factor = float(scaling)
+    else:  # every problem
+        factor, threshold = float(scaling), 0.0
     stages = torch.ceil(torch.log(ratio.clamp_min(1.0)) / math.log(1.0 / factor))
-    keep = torch.isfinite(stages)
-    if scaling == "auto":
-        keep &= ratio >= threshold
+    keep = torch.isfinite(stages) & (ratio >= threshold)
     stages = torch.where(keep, stages, 0.0).clamp(0, max_iter - 1).long()
     return (stages, factor) if bool((stages > 0).any()) else None
 
