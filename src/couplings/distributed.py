@@ -125,7 +125,8 @@ from .solvers.sinkhorn import (
     _iterate,
     _phi,
     _plan,
-    _warn_not_converged,
+    _resolution,
+    _warn_unless_certified,
 )
 
 __all__ = ["ShardedSoftmin", "shard_rows", "sinkhorn"]
@@ -210,6 +211,9 @@ class ShardedSoftmin(Softmin):
 
     def set_eps(self, eps: float):
         self.inner.set_eps(eps)
+
+    def translate(self, shift: torch.Tensor):
+        self.inner.translate(shift)
 
     def select(self, keep: torch.Tensor):
         self.inner.select(keep)
@@ -496,8 +500,10 @@ def sinkhorn(
             af = _all_reduce((a_rows * f).sum(-1), dist.ReduceOp.SUM, group)
             shift = (af - (b * g).sum(-1)) / (mass_a + b.sum(-1))  # (B,)
             f, g = f - shift.unsqueeze(-1), g + shift.unsqueeze(-1)
-    if min_iter < max_iter and not bool(converged.all()):
-        _warn_not_converged(converged, error, tol, n_iter, eps, bsz, stacklevel=2)
+        resolution = _resolution(f / eps, g / eps, a_rows.detach(), b.detach(), balanced,
+                                 ops.row_total)
+    _warn_unless_certified(converged, error, resolution, tol, n_iter, eps, bsz,
+                           fixed_depth=min_iter >= max_iter, stacklevel=2)
 
     value = _ShardedValue.apply(c, a_rows, b, f, g, eps, rho, world, group)
     plan_inputs = (c.detach(), a_rows.detach(), b.detach(), f, g)
@@ -507,4 +513,5 @@ def sinkhorn(
         cost=_sharded_only("cost matrix (nor linear_value, rounded_plan or gap)"),
         n_iter=n_iter, eps=eps, solver="sinkhorn", rho=None if balanced else rho,
         n_iter_per_problem=iters, backend=ops.backend, omega=omega, annealed=annealed,
+        resolution=resolution,
     )

@@ -56,7 +56,7 @@ def sinkhorn_divergence(
     eps: float,
     cost="sqeuclidean",
     debias: bool = True,
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iter: int = 1000,
     scaling: float | str | None = "auto",
     grad: str | Implicit = "envelope",

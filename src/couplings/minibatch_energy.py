@@ -95,7 +95,7 @@ def minibatch_energy_distance(
     *,
     eps: float,
     cost="cosine",
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iter: int = 1000,
     min_iter: int = 0,
     scaling: float | str | None = "auto",

@@ -99,6 +99,13 @@ class OTResult:
         annealed: Sinkhorn's epsilon-scaling iterations of each problem, ``(B,)`` int64 (0:
             it ran at ``eps`` from the start; counted in ``n_iter_per_problem``); ``None`` for
             a solver without it.
+        resolution: Sinkhorn's estimate of the L1 marginal error that rounding the potentials
+            to their dtype alone leaves, ``(B,)``: the unit roundoff times
+            ``(<a, |f|> + <b, |g|>) / eps``. In float32 it is about ``1e-5`` at ``eps = 0.01``
+            times the mean cost (the exact error of a plan solved to the floor measured 0.3-2x
+            of it); an ``error`` below it is the rounded iteration's own, and the plan of these
+            potentials, evaluated exactly, misses its marginals by about ``resolution``. In
+            float64 it is negligible. ``None`` for other solvers.
 
     Computed on first access and cached (each costs ``O(B n m)``):
 
@@ -145,6 +152,7 @@ class OTResult:
     omega: torch.Tensor | None = None
     kernel_counts: dict[str, int] | None = None
     annealed: torch.Tensor | None = None
+    resolution: torch.Tensor | None = None
 
     @classmethod
     def from_batched(
@@ -169,6 +177,7 @@ class OTResult:
         omega: torch.Tensor | None = None,
         kernel_counts: dict[str, int] | None = None,
         annealed: torch.Tensor | None = None,
+        resolution: torch.Tensor | None = None,
     ) -> OTResult:
         """Build a result from a solver's batched tensors (``(B, ...)``, cost ``(B, n, m)``, or
         a function returning it), removing the batch axis when the call was unbatched."""
@@ -184,6 +193,7 @@ class OTResult:
             n_iter_per_problem=None if n_iter_per_problem is None else shape(n_iter_per_problem),
             backend=backend, omega=None if omega is None else shape(omega),
             kernel_counts=kernel_counts, annealed=None if annealed is None else shape(annealed),
+            resolution=None if resolution is None else shape(resolution),
         )
 
     @cached_property
@@ -243,15 +253,19 @@ class OTResult:
         """
         head = self.solver + (f" (eps={self.eps:g})" if self.eps is not None else "")
         value, gap, error = self.value.detach(), self.gap, self.error.detach()
+        # an error below the float resolution is the rounded iteration's own: say so
+        coarse = self.resolution is not None and bool((error < self.resolution).any())
+        floor = (f" (float resolution {float(self.resolution.max()):.1e})" if coarse else "")
         if value.dim() == 0:
             return (
                 f"{head}: value {float(value):.6g}, gap {float(gap):.2e}, error "
-                f"{float(error):.2e}, converged {bool(self.converged)}, n_iter {self.n_iter}"
+                f"{float(error):.2e}{floor}, converged {bool(self.converged)}, "
+                f"n_iter {self.n_iter}"
             )
         return (
             f"{head}: {value.numel()} problems, value in [{float(value.min()):.6g}, "
             f"{float(value.max()):.6g}], gap <= {float(gap.max()):.2e}, error <= "
-            f"{float(error.max()):.2e}, converged {int(self.converged.sum())}/"
+            f"{float(error.max()):.2e}{floor}, converged {int(self.converged.sum())}/"
             f"{self.converged.numel()}, n_iter {self.n_iter}"
         )
 
@@ -302,6 +316,7 @@ class OTResult:
                 omega=None if self.omega is None else self.omega[k],
                 kernel_counts=self.kernel_counts,
                 annealed=None if self.annealed is None else self.annealed[k],
+                resolution=None if self.resolution is None else self.resolution[k],
             ))
         return out
 

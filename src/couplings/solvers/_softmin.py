@@ -256,6 +256,11 @@ class Softmin:
     def release(self):
         """The solve is over: hand scratch memory on (the object is not used again)."""
 
+    def translate(self, shift: torch.Tensor):
+        """The loop moved its potentials, in units of eps, to ``(u - shift, v + shift)``
+        (``shift`` ``(B, 1)``), which leaves every plan unchanged: move whatever state is kept
+        in those units along. Stateless updates have nothing to move."""
+
 
 class DenseSoftmin(Softmin):
     """The updates on a dense cost ``(B, n, m)``, eager (``compiled=False``) or compiled.
@@ -294,6 +299,11 @@ class DenseSoftmin(Softmin):
         self.prev = {k: None if p is None else p * ratio for k, p in self.prev.items()}
         if not self.compiled:
             self.k = self.cost / eps if self.unroll else torch.div(self.cost, eps, out=self.k)
+
+    def translate(self, shift: torch.Tensor):
+        rows, cols = self.prev["dense_rows"], self.prev["dense_cols"]
+        self.prev = {"dense_rows": None if rows is None else rows - shift,
+                     "dense_cols": None if cols is None else cols + shift}
 
     def cost_range(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``max C - min C`` over the support of ``a`` ``(B, n)`` and ``b`` ``(B, m)``, per
@@ -423,6 +433,20 @@ class KernelSoftmin(DenseSoftmin):
                           False: rescaled(self.last[False], self.beta)}
             self.kt = self.alpha = self.beta = None
             self._forget()
+
+    def translate(self, shift: torch.Tensor):
+        super().translate(shift)
+        # rows (True): u-like, moved by -shift; columns: v-like, by +shift. The kernel itself
+        # is unchanged: it depends on alpha_i + beta_j only.
+        def moved(p, rows):
+            return None if p is None else (p - shift if rows else p + shift)
+
+        if self.alpha is not None:
+            self.alpha, self.beta = self.alpha - shift, self.beta + shift
+        # the inputs of a row update are columns' potentials, and conversely
+        self.inputs = {k: moved(p, not k) for k, p in self.inputs.items()}
+        self.last, self.before, self.guess = (
+            {k: moved(p, k) for k, p in d.items()} for d in (self.last, self.before, self.guess))
 
     def _forget(self):
         """Drop the history the re-anchoring extrapolates from (keyed by ``rows``): the latest
