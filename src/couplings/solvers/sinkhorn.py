@@ -309,9 +309,10 @@ def _gauge_shift(ops, u, v, a, b):
     updates commute with the translation), but the rounding is not: from ``v = 0`` the first
     row update puts ``u`` near ``C / eps`` and the iteration keeps that offset, so each
     potential, hundreds of units at ``eps = 0.0025 x`` the mean cost, is rounded at that
-    magnitude. Measured on 2-D Gaussians (n = 1000, float32, eps = 0.01), balanced
-    potentials are about ten times smaller, and so is the exact marginal error at the
-    float32 floor (see :func:`_resolution`).
+    magnitude. Measured on 2-D Gaussians (n = 200-500, float32, eps = 0.01 and 0.02, 3000
+    iterations), the exact marginal error of the result (its plan evaluated in float64) went
+    from 1.4e-5 - 5.2e-5 to 3.1e-6 - 1.7e-5, and from 1.7-7.8x to 1.1-1.4x the error the loop
+    reported (see :func:`_resolution`).
     """
     with torch.no_grad():
         pos_a, pos_b = a > 0, b > 0
