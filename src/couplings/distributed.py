@@ -126,7 +126,7 @@ from .solvers.sinkhorn import (
     _phi,
     _plan,
     _resolution,
-    _warn_unless_certified,
+    _warn_not_converged,
 )
 
 __all__ = ["ShardedSoftmin", "shard_rows", "sinkhorn"]
@@ -502,7 +502,7 @@ def sinkhorn(
             f, g = f - shift.unsqueeze(-1), g + shift.unsqueeze(-1)
         resolution = _resolution(f / eps, g / eps, a_rows.detach(), b.detach(), balanced,
                                  ops.row_total)
-    _warn_unless_certified(converged, error, resolution, tol, n_iter, eps, bsz,
+    _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
                            fixed_depth=min_iter >= max_iter, stacklevel=2)
 
     value = _ShardedValue.apply(c, a_rows, b, f, g, eps, rho, world, group)

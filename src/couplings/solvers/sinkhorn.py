@@ -286,15 +286,28 @@ def _resolution(u, v, a, b, balanced: bool, row_total=None) -> torch.Tensor:
     ``eps = 0.01`` times the mean cost it is about ``1e-5``: a ``tol`` of ``1e-6`` cannot be
     certified in float32 there.
     """
-    row_total = row_total or (lambda z: z.sum(-1))
-    unit = torch.finfo(u.dtype).eps
+    row_total = row_total or _local_total
     if balanced:
-        shift = ((row_total(a * u) - (b * v).sum(-1))
-                 / (row_total(a) + b.sum(-1))).unsqueeze(-1)
+        shift = _balancing_shift(u, v, a, b, row_total)
         u, v = u - shift, v + shift
-    spread = (row_total(torch.where(a > 0, a * u.abs(), 0.0))
-              + torch.where(b > 0, b * v.abs(), 0.0).sum(-1))
-    return unit * spread
+    return torch.finfo(u.dtype).eps * _weighted_abs(u, v, a, b, row_total)
+
+
+def _local_total(z: torch.Tensor) -> torch.Tensor:
+    return z.sum(-1)
+
+
+def _weighted_abs(u, v, a, b, row_total) -> torch.Tensor:
+    """``<a, |u|> + <b, |v|>`` ``(B,)``, zero-weight entries left out."""
+    return (row_total(torch.where(a > 0, a * u.abs(), 0.0))
+            + torch.where(b > 0, b * v.abs(), 0.0).sum(-1))
+
+
+def _balancing_shift(u, v, a, b, row_total) -> torch.Tensor:
+    """The ``c`` ``(B, 1)`` with ``<a, u - c> = <b, v + c>``, zero-weight entries left out."""
+    total_u = row_total(torch.where(a > 0, a * u, 0.0))
+    total_v = torch.where(b > 0, b * v, 0.0).sum(-1)
+    return ((total_u - total_v) / (row_total(a) + b.sum(-1))).unsqueeze(-1)
 
 
 _REGAUGE_FROM = 4  # translate where the offset exceeds 1/4 of the mean |potential|
@@ -315,17 +328,12 @@ def _gauge_shift(ops, u, v, a, b):
     reported (see :func:`_resolution`).
     """
     with torch.no_grad():
-        pos_a, pos_b = a > 0, b > 0
-        total_u = ops.row_total(torch.where(pos_a, a * u, 0.0))
-        total_v = torch.where(pos_b, b * v, 0.0).sum(-1)
-        spread = (ops.row_total(torch.where(pos_a, a * u.abs(), 0.0))
-                  + torch.where(pos_b, b * v.abs(), 0.0).sum(-1))
-        mass = ops.row_total(a) + b.sum(-1)
-        shift = (total_u - total_v) / mass  # (B,)
+        shift = _balancing_shift(u, v, a, b, ops.row_total)
+        mean_abs = (_weighted_abs(u, v, a, b, ops.row_total)
+                    / (ops.row_total(a) + b.sum(-1))).unsqueeze(-1)
         # only an offset that inflates the potentials: every translation rounds them (and the
         # kernel backend's anchors, which its kernel does not follow), so small ones are left
-        shift = torch.where(shift.abs() * _REGAUGE_FROM > spread / mass, shift, 0.0)
-        shift = shift.unsqueeze(-1)  # (B, 1), a constant for unrolled gradients
+        shift = torch.where(shift.abs() * _REGAUGE_FROM > mean_abs, shift, 0.0)
     ops.translate(shift)
     return shift
 
@@ -1040,7 +1048,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
         )
         f, g = _balance_constant(a, b, f, g)
         resolution = _resolution(f / eps, g / eps, a.detach(), b.detach(), balanced=True)
-    _warn_unless_certified(converged, error, resolution, tol, n_iter, eps, bsz,
+    _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
                            fixed_depth=min_iter >= max_iter, stacklevel=3)
     value = OnlineEnvelope.apply(x, y, a, b, f, g, eps, geom.cost_fn, sq, ops.block)
     return OTResult.from_batched(
@@ -1052,7 +1060,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
     )
 
 
-def _warn_unless_certified(converged, error, resolution, tol, n_iter, eps, bsz, *,
+def _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz, *,
                            fixed_depth, stacklevel):
     """A :class:`ConvergenceWarning` for problems that did not converge (not for a fixed-depth
     solve); it names the float resolution of the solution where ``tol`` is below it."""
@@ -1341,7 +1349,7 @@ def sinkhorn(
     ops.release()
     with torch.no_grad():
         resolution = _resolution(*(x.detach() for x in (f / eps, g / eps, a, b)), balanced)
-    _warn_unless_certified(converged, error, resolution, tol, n_iter, eps, bsz,
+    _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
                            fixed_depth=min_iter >= max_iter, stacklevel=2)
 
     if not balanced:
