@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 from pathlib import Path
 
 import torch
+from _timing import best_of
 
 import couplings
 from couplings.solvers import _softmin
@@ -31,17 +31,6 @@ def _clouds(n: int, seed: int = 0):
     x = torch.randn(n, 2, generator=g)
     y = torch.randn(n, 2, generator=g) * torch.tensor([0.5, 2.0]) + 1.0
     return x, y
-
-
-def _time(solve, repeats: int) -> float:
-    for _ in range(2):
-        solve()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        solve()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main(argv=None):
@@ -70,7 +59,7 @@ def main(argv=None):
 
                 res = solve()
                 assert res.backend == backend and bool(res.converged), (backend, res.summary())
-                out[backend] = dict(seconds=_time(solve, args.repeats), n_iter=int(res.n_iter),
+                out[backend] = dict(seconds=best_of(solve, args.repeats), n_iter=int(res.n_iter),
                                     error=float(res.error))
             ratio = out["kernel"]["seconds"] / out["tensorized"]["seconds"]
             rows.append(dict(n=n, eps_rel=eps_rel, ratio=ratio, **out))

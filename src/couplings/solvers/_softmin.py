@@ -236,6 +236,56 @@ def run_kernel(name: str, *args, compiled: bool = True) -> tuple[torch.Tensor, b
     return fn(*args), False
 
 
+# the matrix entries from which a CPU product goes matrix by matrix, and the most entries of
+# the elementwise product's temporary below that (see batched_mv)
+_MV_LOOP_FROM = 1 << 14
+_MV_CHUNK = 1 << 22
+
+
+def batched_mv(mat: torch.Tensor, vec: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
+    r"""Batched matrix-vector products: :math:`\sum_j M_{ij} v_j` ``(B, n)`` for ``M``
+    ``(B, n, m)`` and ``v`` ``(B, m)``; with ``transpose``, :math:`\sum_i M_{ij} v_i` ``(B, m)``
+    for ``v`` ``(B, n)``. Differentiable; ``mat`` may be any strided view.
+
+    On CUDA this is one ``bmm``. On CPU, ``bmm`` with a one-column right-hand side is far
+    below the memory bandwidth once ``B > 1`` (2-core AMD EPYC, torch 2.13 with MKL, float32,
+    best of 3, per product): 1126 us at ``B = 2, n = m = 1000``, where two ``mv`` calls take
+    152 us; 18 ms at ``B = 2, n = m = 4000`` against 7.2 ms; 770 us at ``B = 16, n = m = 300``
+    against 189 us; 306 us at ``B = 64, n = m = 100`` against 70 us for a multiply-and-sum,
+    and 455 us at ``B = 1024, n = m = 32`` against 168 us (rows) and 112 us (columns). So on
+    CPU the product is one matrix-vector product per matrix from ``_MV_LOOP_FROM`` entries per
+    matrix (for ``B = 1`` as fast as ``bmm``), and a multiply-and-sum below that, over chunks of the
+    batch whose temporary holds at most ``_MV_CHUNK`` entries (for ``B = 1`` and
+    ``n = m = 64``, 5 us against 3 us for ``bmm``). The choice depends on the matrices' size,
+    never on ``B``, and every matrix is reduced on its own, so a problem's products do not
+    depend on the batch it is solved in, bit for bit (the solver drops converged problems from
+    its batch as it goes).
+
+    Example:
+        >>> import torch
+        >>> k = torch.rand(3, 4, 5, dtype=torch.float64)
+        >>> w = torch.rand(3, 5, dtype=torch.float64)
+        >>> torch.allclose(batched_mv(k, w), (k @ w.unsqueeze(-1)).squeeze(-1))
+        True
+    """
+    if mat.device.type != "cpu":
+        mat = mat.transpose(-2, -1) if transpose else mat
+        return torch.bmm(mat, vec.unsqueeze(-1)).squeeze(-1)
+    bsz, n, m = mat.shape
+    if n * m >= _MV_LOOP_FROM:  # a (1, k) x (k, l) product per matrix: fewest small ops
+        product = torch.mm if transpose else torch.nn.functional.linear  # v M, v M^T
+        if bsz == 1:
+            return product(vec, mat[0])
+        return torch.cat([product(vec[i:i + 1], mat[i]) for i in range(bsz)])
+    if transpose:
+        mat = mat.transpose(-2, -1)
+    step = max(1, _MV_CHUNK // (n * m))
+    if step >= bsz:
+        return (mat * vec.unsqueeze(-2)).sum(-1)
+    return torch.cat([(mat[i:i + step] * vec[i:i + step].unsqueeze(-2)).sum(-1)
+                      for i in range(0, bsz, step)])
+
+
 # --------------------------------------------------------------------------------------------
 # the update objects the Sinkhorn loop iterates with
 
@@ -488,8 +538,7 @@ class KernelSoftmin(DenseSoftmin):
         if not positive:  # zero weights: their potentials may be -inf
             dev = torch.where(weights > 0, dev, torch.zeros_like(dev))
         w = torch.exp(dev).mul_(weights)  # (B, k)
-        kt = self.kt if rows else self.kt.transpose(-2, -1)
-        log_total = torch.log(torch.bmm(kt, w.unsqueeze(-1)).squeeze(-1))  # (B, n) or (B, m)
+        log_total = torch.log(batched_mv(self.kt, w, transpose=not rows))  # (B, n) or (B, m)
         lo_dev, lo_sum, hi_sum, mass = torch.stack(
             (dev.amin(), *torch.aminmax(log_total), w.sum())).tolist()
         bound = 2 * self.limit

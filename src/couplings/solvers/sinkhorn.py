@@ -64,7 +64,7 @@ from .._validation import (
 from ..geometry import Geometry, PointCloud, as_geometry
 from ..result import ConvergenceWarning, OTResult
 from . import _scratch
-from ._softmin import DenseSoftmin, KernelSoftmin, OnlineEnvelope, OnlineSoftmin
+from ._softmin import DenseSoftmin, KernelSoftmin, OnlineEnvelope, OnlineSoftmin, batched_mv
 from ._softmin import safe_log as _safe_log
 
 __all__ = ["sinkhorn", "Implicit", "GRAD_MODES", "BACKENDS"]
@@ -696,15 +696,15 @@ def _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts: Implicit):
     p_mat = torch.exp(z + log_a.unsqueeze(-1) + log_b.unsqueeze(-2))  # (B, n, m)
     gf_off, gg_off = grad_f * ~sa, grad_g * ~sb
     # move the known adjoints of off-support potentials to the right-hand side
-    rhs_u = (grad_f - (q_mat @ gg_off.unsqueeze(-1)).squeeze(-1)) * sa  # (B, n)
-    rhs_v = (grad_g - (r_mat.transpose(-2, -1) @ gf_off.unsqueeze(-1)).squeeze(-1)) * sb  # (B, m)
-    schur_rhs = rhs_u - (q_mat @ rhs_v.unsqueeze(-1)).squeeze(-1)  # (B, n)
+    rhs_u = (grad_f - batched_mv(q_mat, gg_off)) * sa  # (B, n)
+    rhs_v = (grad_g - batched_mv(r_mat, gf_off, transpose=True)) * sb  # (B, m)
+    schur_rhs = rhs_u - batched_mv(q_mat, rhs_v)  # (B, n)
     mass = a.sum(-1, keepdim=True)
     n = z.shape[-2]
 
     def matvec(w):  # (S + a a^T / mass) w, identity off the support
-        pw = (p_mat.transpose(-2, -1) @ w.unsqueeze(-1)).squeeze(-1)  # (B, m)
-        sw = a * w - (q_mat @ pw.unsqueeze(-1)).squeeze(-1)
+        pw = batched_mv(p_mat, w, transpose=True)  # (B, m)
+        sw = a * w - batched_mv(q_mat, pw)
         return sw + a * (a * w).sum(-1, keepdim=True) / mass + w * ~sa
 
     def dense():
@@ -735,7 +735,7 @@ def _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts: Implicit):
             )
     w = w * sa
     x = a * w + gf_off  # (B, n)
-    y = (rhs_v - (p_mat.transpose(-2, -1) @ w.unsqueeze(-1)).squeeze(-1)) * sb + gg_off  # (B, m)
+    y = (rhs_v - batched_mv(p_mat, w, transpose=True)) * sb + gg_off  # (B, m)
     return x, y, r_mat, q_mat
 
 
@@ -768,8 +768,8 @@ class _ImplicitSinkhorn(torch.autograd.Function):
             r_mat, q_mat = r_t.transpose(-2, -1), q_t.transpose(-2, -1)
         grad_cost = x.unsqueeze(-1) * r_mat + y.unsqueeze(-2) * q_mat  # (B, n, m)
         kernel = torch.exp(z)  # d F / d a_i and d F / d b_j, divided by eps
-        grad_a = -eps * (kernel @ y.unsqueeze(-1)).squeeze(-1)
-        grad_b = -eps * (kernel.transpose(-2, -1) @ x.unsqueeze(-1)).squeeze(-1)
+        grad_a = -eps * batched_mv(kernel, y)
+        grad_b = -eps * batched_mv(kernel, x, transpose=True)
         return grad_cost, grad_a, grad_b, None, None, None, None
 
 
@@ -810,7 +810,7 @@ class _ImplicitUnbalanced(torch.autograd.Function):
         lam = lam_a * lam_b
 
         def mv(mat, vec):
-            return (mat @ vec.unsqueeze(-1)).squeeze(-1)
+            return batched_mv(mat, vec)
 
         r_t = r_mat.transpose(-2, -1)
         if f.shape[-1] <= g.shape[-1]:
