@@ -228,3 +228,38 @@ def test_bad_inputs():
         res.unpad([(0, 3)] + batch.sizes[1:])
     with pytest.raises(ValueError, match="batched result"):
         sinkhorn(costs[0], eps=1.0).unpad([(2, 2)])
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_kernel_groups_give_what_the_whole_batch_gives(monkeypatch, warm):
+    """On CPU, a batch of large problems is iterated group by group (cache locality): each
+    problem must come out as the whole batch (and the problem alone) gives it, warm starts
+    included, with the kernel's counts summed over the groups."""
+    costs, a_list, b_list = _ragged(5, seed=6, n_range=(20, 41), m_range=(20, 61))
+    batch = pad_problems(costs, a_list, b_list)
+    opts = dict(eps=EPS, tol=1e-10, max_iter=20_000)  # "auto": the kernel backend, eager
+    if warm:
+        rough = sinkhorn(batch.cost, batch.a, batch.b, eps=EPS, tol=1e-2)
+        opts["init"] = (rough.f, rough.g)
+    whole = sinkhorn(batch.cost, batch.a, batch.b, **opts)
+    n, m = batch.cost.shape[-2:]
+    monkeypatch.setattr(SK, "_KERNEL_GROUP_ENTRIES", 2 * n * m)  # groups of 2, 2 and 1
+    seen = _sizes_seen(monkeypatch)
+    grouped = sinkhorn(batch.cost, batch.a, batch.b, **opts)
+    assert grouped.backend == whole.backend == "kernel"
+    assert set(seen) <= {1, 2} and seen[0] == 2
+    for name in ("f", "g", "value"):
+        _close(getattr(grouped, name), getattr(whole, name), 1e-9)
+    for name in ("converged", "n_iter_per_problem", "annealed"):
+        assert torch.equal(getattr(grouped, name), getattr(whole, name)), name
+    assert bool(grouped.converged.all())
+    assert grouped.n_iter == whole.n_iter == int(whole.n_iter_per_problem.max())
+    assert sum(grouped.kernel_counts.values()) > sum(whole.kernel_counts.values())
+    assert grouped.kernel_counts["products"] >= whole.kernel_counts["products"] > 0
+    for k, part in enumerate(grouped.unpad(batch.sizes)):
+        alone = sinkhorn(costs[k], a_list[k], b_list[k],
+                         **{**opts, "init": None if not warm else
+                            (opts["init"][0][k, :costs[k].shape[0]],
+                             opts["init"][1][k, :costs[k].shape[1]])})
+        _close(part.f, alone.f, 1e-8)
+        _close(part.g, alone.g, 1e-8)
