@@ -243,7 +243,7 @@ def test_kernel_groups_give_what_the_whole_batch_gives(monkeypatch, warm):
         opts["init"] = (rough.f, rough.g)
     whole = sinkhorn(batch.cost, batch.a, batch.b, **opts)
     n, m = batch.cost.shape[-2:]
-    monkeypatch.setattr(SK, "_KERNEL_GROUP_ENTRIES", 2 * n * m)  # groups of 2, 2 and 1
+    monkeypatch.setattr(SK, "_CPU_GROUP_ENTRIES", 2 * n * m)  # groups of 2, 2 and 1
     seen = _sizes_seen(monkeypatch)
     grouped = sinkhorn(batch.cost, batch.a, batch.b, **opts)
     assert grouped.backend == whole.backend == "kernel"
@@ -263,3 +263,34 @@ def test_kernel_groups_give_what_the_whole_batch_gives(monkeypatch, warm):
                              opts["init"][1][k, :costs[k].shape[1]])})
         _close(part.f, alone.f, 1e-8)
         _close(part.g, alone.g, 1e-8)
+
+
+def test_implicit_gradients_in_groups_equal_the_whole_batch(monkeypatch):
+    """The implicit backward of a large CPU batch also runs group by group; its gradients in
+    the cost and both weights must be those of the whole batch."""
+    costs, a_list, b_list = _ragged(5, seed=8, n_range=(20, 41), m_range=(20, 61))
+    batch = pad_problems(costs, a_list, b_list)
+
+    def grads():
+        cost = batch.cost.clone().requires_grad_()
+        a, b = batch.a.clone().requires_grad_(), batch.b.clone().requires_grad_()
+        res = sinkhorn(cost, a, b, eps=EPS, tol=1e-11, max_iter=20_000)
+        loss = (res.value * torch.arange(1.0, 6.0, dtype=res.value.dtype)).sum() + (
+            res.f[:, :3] ** 2).sum()  # the potentials too: the adjoint system is solved
+        return torch.autograd.grad(loss, (cost, a, b))
+
+    whole = grads()
+    calls = []
+    real = SK._implicit_grads
+
+    def spy(cost, *args):
+        calls.append(cost.shape[0])
+        return real(cost, *args)
+
+    n, m = batch.cost.shape[-2:]
+    monkeypatch.setattr(SK, "_implicit_grads", spy)
+    monkeypatch.setattr(SK, "_CPU_GROUP_ENTRIES", 4 * 2 * n * m)  # four matrices each
+    grouped = grads()
+    assert calls == [2, 2, 1]
+    for got, want in zip(grouped, whole, strict=True):
+        _close(got, want, 1e-8)
