@@ -254,8 +254,8 @@ def batched_mv(mat: torch.Tensor, vec: torch.Tensor, *, transpose: bool = False)
     against 189 us; 306 us at ``B = 64, n = m = 100`` against 70 us for a multiply-and-sum,
     and 455 us at ``B = 1024, n = m = 32`` against 168 us (rows) and 112 us (columns). So on
     CPU the product is one matrix-vector product per matrix from ``_MV_LOOP_FROM`` entries per
-    matrix (for ``B = 1`` as fast as ``bmm``), and a multiply-and-sum below that, over chunks of the
-    batch whose temporary holds at most ``_MV_CHUNK`` entries (for ``B = 1`` and
+    matrix (for ``B = 1`` as fast as ``bmm``), and a multiply-and-sum below that, over chunks
+    of the batch whose temporary holds at most ``_MV_CHUNK`` entries (for ``B = 1`` and
     ``n = m = 64``, 5 us against 3 us for ``bmm``). The choice depends on the matrices' size,
     never on ``B``, and every matrix is reduced on its own, so a problem's products do not
     depend on the batch it is solved in, bit for bit (the solver drops converged problems from

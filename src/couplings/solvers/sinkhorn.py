@@ -823,21 +823,19 @@ class _ImplicitUnbalanced(torch.autograd.Function):
         q_mat = e2 * a.unsqueeze(-1)
         lam = lam_a * lam_b
 
-        def mv(mat, vec):
-            return batched_mv(mat, vec)
-
         r_t = r_mat.transpose(-2, -1)
         if f.shape[-1] <= g.shape[-1]:
             system = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device) - lam * q_mat @ r_t
-            x = torch.linalg.solve(system, grad_f - lam_b * mv(q_mat, grad_g))  # (B, n)
-            y = grad_g - lam_a * mv(r_t, x)  # (B, m)
+            x = torch.linalg.solve(system, grad_f - lam_b * batched_mv(q_mat, grad_g))  # (B, n)
+            y = grad_g - lam_a * batched_mv(r_mat, x, transpose=True)  # (B, m)
         else:
             system = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device) - lam * r_t @ q_mat
-            y = torch.linalg.solve(system, grad_g - lam_a * mv(r_t, grad_f))
-            x = grad_f - lam_b * mv(q_mat, y)
+            y = torch.linalg.solve(system, grad_g - lam_a * batched_mv(r_mat, grad_f,
+                                                                        transpose=True))
+            x = grad_f - lam_b * batched_mv(q_mat, y)
         grad_cost = lam_a * x.unsqueeze(-1) * r_mat + lam_b * y.unsqueeze(-2) * q_mat
-        grad_a = -lam_b * eps * mv(e2, y)  # (B, n)
-        grad_b = -lam_a * eps * mv(e1.transpose(-2, -1), x)  # (B, m)
+        grad_a = -lam_b * eps * batched_mv(e2, y)  # (B, n)
+        grad_b = -lam_a * eps * batched_mv(e1, x, transpose=True)  # (B, m)
         return grad_cost, grad_a, grad_b, None, None, None, None, None
 
 
@@ -1014,8 +1012,8 @@ def _iterate_kernel(cost, a, b, eps, *, compiled, init, **options):
     if len(parts) == 1:
         return parts[0], backend, counts
     f, g, n_iter, error, converged, iters, omega, annealed = zip(*parts, strict=True)
-    joined = tuple(torch.cat(x) for x in (f, g, error, converged, iters, omega, annealed))
-    f, g, error, converged, iters, omega, annealed = joined
+    f, g, error, converged, iters, omega, annealed = (
+        torch.cat(x) for x in (f, g, error, converged, iters, omega, annealed))
     return (f, g, max(n_iter), error, converged, iters, omega, annealed), backend, counts
 
 
