@@ -2,14 +2,20 @@
 
 Each CPU branch (one matrix, one product per matrix, one multiply-and-sum, chunks of it) is
 reached by moving its thresholds, and checked against a float64 ``einsum`` reference, on
-contiguous and strided matrices, in both directions, with gradients.
+contiguous and strided matrices, in both directions, with gradients. These are torch's
+branches, so the native kernels (``tests/test_native.py``) are switched off here.
 """
 
 import pytest
 import torch
 
-from couplings.solvers import _softmin
+from couplings.solvers import _native, _softmin
 from couplings.solvers._softmin import batched_mv
+
+
+@pytest.fixture(autouse=True)
+def torch_branches_only(monkeypatch):
+    monkeypatch.setattr(_native, "enabled", False)
 
 
 def reference(mat, vec, transpose):

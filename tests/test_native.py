@@ -1,0 +1,228 @@
+"""The native CPU kernels of the kernel-domain update (``couplings.solvers._native``).
+
+Checked against float64 references, for the same bits in any batch and at any thread count,
+for the update's safety numbers (NaN included), against the torch path inside the solver, and
+for the loader: its cache, its fallback when no compiler runs, and its refusal of a second
+OpenMP runtime.
+"""
+
+import math
+import os
+import shlex
+import shutil
+
+import pytest
+import torch
+
+import couplings
+from couplings.solvers import _native, _softmin
+
+COMPILER = shutil.which(shlex.split(os.environ.get("CC", "cc"))[0])
+needs_native = pytest.mark.skipif(
+    not _native.available(), reason=f"native kernels not built here: {_native.status()}")
+
+
+def reference(mat, vec, transpose):
+    m64, v64 = mat.double(), vec.double()
+    return (torch.einsum("bij,bi->bj", m64, v64) if transpose
+            else torch.einsum("bij,bj->bi", m64, v64))
+
+
+def test_the_kernels_build_wherever_a_compiler_is():
+    if COMPILER is None:
+        assert not _native.available() and _native.status().startswith("not used")
+    else:
+        assert _native.available(), _native.status()
+        assert _native.status() == "loaded"
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("shape", [(1, 300, 200), (5, 7, 6), (64, 33, 17), (2, 1, 40)])
+@pytest.mark.parametrize("strided", [False, True])
+def test_products_match_the_reference(dtype, transpose, shape, strided):
+    gen = torch.Generator().manual_seed(0)
+    bsz, n, m = shape
+    if strided:  # a transposed view, as the implicit gradient passes
+        mat = torch.randn(bsz, m, n, generator=gen, dtype=dtype).transpose(-2, -1)
+    else:
+        mat = torch.randn(bsz, n, m, generator=gen, dtype=dtype)
+    vec = torch.randn(bsz, n if transpose else m, generator=gen, dtype=dtype)
+    out = _native.batched_mv(mat, vec, transpose=transpose)
+    assert out.shape == (bsz, m if transpose else n) and out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.double(), reference(mat, vec, transpose), rtol=tol,
+                               atol=tol * max(n, m))
+
+
+@needs_native
+@pytest.mark.parametrize("transpose", [False, True])
+def test_a_matrix_gives_the_same_bits_in_any_batch_and_thread_count(transpose):
+    """Active-set compaction needs a problem's products independent of its batch; the split
+    across threads must not change them either."""
+    gen = torch.Generator().manual_seed(1)
+    threads = torch.get_num_threads()
+    for side in (12, 300):  # serial, and split across threads
+        mat = torch.rand(5, side, side + 3, generator=gen)
+        vec = torch.rand(5, side if transpose else side + 3, generator=gen)
+        whole = _native.batched_mv(mat, vec, transpose=transpose)
+        for keep in ([1, 3], [2], [0, 1, 2, 3]):
+            part = _native.batched_mv(mat[keep], vec[keep], transpose=transpose)
+            assert torch.equal(part, whole[keep])
+        try:
+            torch.set_num_threads(1)
+            alone = _native.batched_mv(mat, vec, transpose=transpose)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(alone, whole)
+
+
+def torch_update(kernel, pot, anchor, weights, other, rows, positive):
+    """The eager update of ``KernelSoftmin._matvec``, in float64."""
+    kernel, pot, anchor, weights, other = (x.double() for x in
+                                           (kernel, pot, anchor, weights, other))
+    dev = pot - anchor
+    if not positive:
+        dev = torch.where(weights > 0, dev, torch.zeros_like(dev))
+    w = torch.exp(dev) * weights
+    log_total = torch.log(reference(kernel, w, not rows))
+    stats = (dev.min(), log_total.min(), log_total.max(), w.sum())
+    return other - log_total, [float(x) for x in stats]
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_update_matches_the_eager_one(rows, dtype):
+    gen = torch.Generator().manual_seed(2)
+    bsz, n, m = 3, 40, 30
+    k, l = (m, n) if rows else (n, m)
+    kernel = torch.rand(bsz, n, m, generator=gen, dtype=dtype)
+    pot, anchor = (torch.randn(bsz, k, generator=gen, dtype=dtype) for _ in range(2))
+    weights = torch.rand(bsz, k, generator=gen, dtype=dtype) + 0.1
+    other = torch.randn(bsz, l, generator=gen, dtype=dtype)
+    out, stats = _native.kernel_update(kernel, pot, anchor, weights, other, rows=rows,
+                                       positive=True)
+    want, want_stats = torch_update(kernel, pot, anchor, weights, other, rows, True)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
+    assert stats == pytest.approx(want_stats, rel=tol, abs=tol)
+
+
+@needs_native
+def test_zero_weights_are_left_out_and_nans_are_reported():
+    gen = torch.Generator().manual_seed(3)
+    kernel = torch.rand(2, 6, 5, generator=gen)
+    pot, anchor = torch.randn(2, 5, generator=gen), torch.randn(2, 5, generator=gen)
+    weights = torch.rand(2, 5, generator=gen) + 0.1
+    weights[0, 2] = 0.0
+    pot[0, 2] = -math.inf  # a padded entry's potential
+    other = torch.randn(2, 6, generator=gen)
+    out, stats = _native.kernel_update(kernel, pot, anchor, weights, other, rows=True,
+                                       positive=False)
+    want, want_stats = torch_update(kernel, pot, anchor, weights, other, True, False)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    assert stats == pytest.approx(want_stats, rel=1e-5)
+    pot[1, 0] = math.nan
+    out, stats = _native.kernel_update(kernel, pot, anchor, weights, other, rows=True,
+                                       positive=False)
+    assert all(math.isnan(s) for s in stats)  # so the solver's safety test fails
+
+
+@needs_native
+@pytest.mark.parametrize("eps", [0.3, 0.05])
+def test_the_solver_gives_what_the_torch_path_gives(monkeypatch, eps):
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, 120, 2, generator=gen), torch.randn(3, 100, 2, generator=gen) + 1
+    a = torch.rand(3, 120, generator=gen) + 0.1
+    a[1, 100:] = 0.0  # padding
+    a = a / a.sum(-1, keepdim=True)
+    b = torch.full((3, 100), 0.01)
+
+    def solve():
+        return couplings.sinkhorn(couplings.PointCloud(x, y), a, b, eps=eps, tol=1e-4,
+                                  backend="kernel")
+
+    native = solve()
+    assert native.backend == "kernel" and bool(native.converged.all())
+    monkeypatch.setattr(_native, "enabled", False)
+    eager = solve()
+    torch.testing.assert_close(native.value, eager.value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(native.f, eager.f, rtol=1e-4, atol=1e-4 * eps)
+    assert abs(native.n_iter - eager.n_iter) <= 2
+
+
+@needs_native
+def test_the_native_path_is_taken_by_the_solver(monkeypatch):
+    calls = []
+    real = _native.kernel_update
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["rows"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "kernel_update", spy)
+    x, y = torch.randn(50, 2), torch.randn(40, 2)
+    res = couplings.sinkhorn(couplings.PointCloud(x, y), eps=0.5, backend="kernel")
+    assert calls and True in calls and False in calls
+    assert res.kernel_counts["products"] > 0
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """The loader as in a new process, with its cache in ``tmp_path``."""
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_status", "not loaded yet")
+    monkeypatch.setattr(_native, "enabled", True)
+    monkeypatch.setenv("COUPLINGS_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_without_a_compiler_the_solver_falls_back(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh_loader / "no-such-compiler"))
+    assert not _native.available()
+    assert _native.status().startswith("not used: FileNotFoundError")
+    assert not _native.usable(torch.zeros(2, 2))
+    x, y = torch.randn(30, 2), torch.randn(20, 2)
+    res = couplings.sinkhorn(couplings.PointCloud(x, y), eps=0.5, backend="kernel")
+    assert res.backend == "kernel" and bool(res.converged.all())
+    assert res.kernel_counts["products"] > 0  # torch's products
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C compiler")
+def test_the_library_is_built_once_into_the_cache(fresh_loader, monkeypatch):
+    assert _native.available(), _native.status()
+    built = sorted(fresh_loader.glob("couplings-native-*.so"))
+    assert len(built) == 1 and not list(fresh_loader.glob("*.tmp*"))
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_status", "not loaded yet")
+    assert _native.available()
+    assert built[0].stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C compiler")
+def test_a_second_openmp_runtime_is_refused(fresh_loader, monkeypatch):
+    seen = iter([{"/torch/lib/libgomp.so.1"},
+                 {"/torch/lib/libgomp.so.1", "/usr/lib/libgomp.so.1"}])
+    monkeypatch.setattr(_native, "_openmp_runtimes", lambda: next(seen))
+    assert not _native.available()
+    assert "second OpenMP runtime" in _native.status()
+
+
+def test_the_switch_turns_them_off(monkeypatch):
+    monkeypatch.setattr(_native, "enabled", False)
+    assert not _native.available() and _native.status() == "disabled"
+    assert not _native.usable(torch.zeros(2, 2))
+
+
+def test_only_cpu_float_tensors_without_autograd_are_taken():
+    assert not _native.usable(torch.zeros(2, 2, dtype=torch.float16))
+    assert not _native.usable(torch.zeros(2, 2), torch.zeros(2, dtype=torch.float64))
+    assert not _native.usable(torch.zeros(2, 2, requires_grad=True))
+    with torch.no_grad():
+        assert _native.usable(torch.zeros(2, 2, requires_grad=True)) == _native.available()
+    assert _native.usable(torch.zeros(2, 2)) == _native.available()
+    assert _softmin.batched_mv(torch.ones(1, 2, 3), torch.ones(1, 3)).tolist() == [[3.0, 3.0]]
