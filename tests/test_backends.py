@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from couplings import PointCloud, SinkhornLoss, sinkhorn, sinkhorn_divergence
-from couplings.solvers import _softmin
+from couplings.solvers import _native, _softmin
 
 from ._spies import spy_absorptions
 
@@ -145,6 +145,13 @@ def test_kernel_stages_after_the_first_are_absorbed_at_the_latest_potentials(mon
         return run(name, *args, **kwargs)
 
     monkeypatch.setattr(_softmin, "run_kernel", spy)
+    native = _native.ctransform  # the same c-transforms, where the native kernels run
+
+    def native_spy(cost, h, scale, *, rows):
+        calls.append("ctransform_rows" if rows else "ctransform_cols")
+        return native(cost, h, scale, rows=rows)
+
+    monkeypatch.setattr(_native, "ctransform", native_spy)
     x, y, a, b = _problem(bsz=1, n=60, m=70, dtype=torch.float32, zeros=False)
     cost = torch.cdist(x, y) ** 2
     kw = dict(eps=0.01, tol=1e-5, max_iter=50_000, scaling=0.5)
@@ -223,6 +230,7 @@ def test_auto_picks_by_size_and_grad_mode(monkeypatch):
         return run(name, *args, **kwargs)
 
     monkeypatch.setattr(_softmin, "run_kernel", spy)
+    monkeypatch.setattr(_native, "enabled", False)  # the rule for torch's compiled kernels
     x, y, a, b = _problem(bsz=1, n=10, m=12)
     assert sinkhorn(PointCloud(x, y), a, b, eps=0.5).backend == "kernel"
     assert compiled and not any(compiled)

@@ -226,3 +226,72 @@ def test_only_cpu_float_tensors_without_autograd_are_taken():
         assert _native.usable(torch.zeros(2, 2, requires_grad=True)) == _native.available()
     assert _native.usable(torch.zeros(2, 2)) == _native.available()
     assert _softmin.batched_mv(torch.ones(1, 2, 3), torch.ones(1, 3)).tolist() == [[3.0, 3.0]]
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_transforms_match_the_reference(rows, dtype):
+    gen = torch.Generator().manual_seed(5)
+    bsz, n, m = 3, 70, 90
+    cost = torch.rand(bsz, n, m, generator=gen, dtype=dtype) * 10
+    h = torch.randn(bsz, m if rows else n, generator=gen, dtype=dtype)
+    h[0, 3] = -math.inf  # left out
+    out = _native.ctransform(cost, h, 0.7, rows=rows)
+    c64, h64 = cost.double() * 0.7, h.double()
+    want = ((c64 - h64.unsqueeze(-2)).amin(-1) if rows else (c64 - h64.unsqueeze(-1)).amin(-2))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_absorb_matches_the_reference_and_cuts_small_entries(dtype):
+    gen = torch.Generator().manual_seed(6)
+    bsz, n, m = 2, 50, 40
+    cost = torch.rand(bsz, n, m, generator=gen, dtype=dtype) * 100
+    alpha = torch.randn(bsz, n, generator=gen, dtype=dtype) * 10
+    beta = torch.randn(bsz, m, generator=gen, dtype=dtype) * 10
+    out = _native.absorb(torch.empty_like(cost), alpha, beta, cost, 0.8, -58.0)
+    z = alpha.double().unsqueeze(-1) + beta.double().unsqueeze(-2) - 0.8 * cost.double()
+    want = torch.where(z >= -58.0, torch.exp(z), 0.0)
+    kept = want > 0
+    assert 0 < int(kept.sum()) < kept.numel()  # both sides of the cutoff occur
+    assert torch.equal(out > 0, kept)
+    rel = ((out.double() - want).abs() / want)[kept].max()
+    # the exponent z carries float rounding of its own: |z| up to ~100 in float32
+    assert rel < (2e-5 if dtype == torch.float32 else 1e-12)
+
+
+@needs_native
+def test_the_float32_exponential_is_accurate_to_one_unit():
+    """The vectorized exp of the C source, through ``absorb`` with exponent ``x`` exactly."""
+    x = torch.linspace(-87.0, 88.0, 400_001).view(1, 1, -1)
+    out = _native.absorb(torch.empty_like(x), torch.zeros(1, 1), torch.zeros(1, x.shape[-1]),
+                         -x, 1.0, -100.0)
+    exact = torch.exp(x.double())
+    one_ulp = (torch.nextafter(exact.float(), torch.tensor(math.inf)).double()
+               - exact.float().double())
+    assert float(((out.double() - exact).abs() / one_ulp).max()) <= 1.0
+    special = torch.tensor([[[-100.0, 100.0, math.nan]]])
+    got = _native.absorb(torch.empty_like(special), torch.zeros(1, 1), torch.zeros(1, 3),
+                         -special, 1.0, -200.0)
+    assert got[0, 0, 0] == 0 and got[0, 0, 1] == math.inf and got[0, 0, 2] == 0  # NaN: cut
+
+
+@needs_native
+def test_the_float32_logarithm_is_accurate():
+    """The vectorized log of the C source, through a 1 x 1 update: ``out = -log K``."""
+    values = torch.logspace(-44, 38, 200_001, dtype=torch.float64).float()
+    values = torch.cat([values, torch.tensor([1.0, 2.0, 0.5, 1e-40, 0.0, math.inf])])
+    bsz = values.numel()
+    ones, zeros = torch.ones(bsz, 1), torch.zeros(bsz, 1)
+    out, stats = _native.kernel_update(values.view(bsz, 1, 1), zeros, zeros, ones, zeros,
+                                       rows=True, positive=True)
+    got, exact = -out[:, 0].double(), torch.log(values.double())
+    finite = torch.isfinite(exact)
+    one_ulp = (torch.nextafter(exact.float(), torch.tensor(math.inf)).double()
+               - exact.float().double()).abs()
+    assert float(((got - exact).abs() / one_ulp)[finite].max()) <= 3.0
+    assert got[-2] == -math.inf and got[-1] == math.inf
+    assert stats[1] == -math.inf and stats[2] == math.inf

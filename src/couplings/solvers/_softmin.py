@@ -586,8 +586,12 @@ class KernelSoftmin(DenseSoftmin):
         """A new kernel at the anchors ``alpha`` ``(B, n)``, ``beta`` ``(B, m)``, in place."""
         if self.buffer is None or self.buffer.shape != self.cost.shape:
             self.buffer = _scratch.take(self.cost.shape, self.cost)
-        self.kt, _ = run_kernel("absorb", self.buffer, alpha, beta, self.cost, self._scale(),
-                                self.cutoff, compiled=self.compiled)
+        if self.native and self.cost.is_contiguous():
+            self.kt = _native.absorb(self.buffer, alpha, beta, self.cost, 1.0 / self.eps,
+                                     self.cutoff)
+        else:
+            self.kt, _ = run_kernel("absorb", self.buffer, alpha, beta, self.cost,
+                                    self._scale(), self.cutoff, compiled=self.compiled)
         self.alpha, self.beta = alpha, beta
         self.n_absorb += 1
 
@@ -617,12 +621,19 @@ class KernelSoftmin(DenseSoftmin):
         if guess is not None:  # after a change of eps: at the latest potentials
             self._absorb(*((guess, pot) if rows else (pot, guess)))
             return
-        scale, kept = self._scale(), weights > 0
-        this, _ = run_kernel("ctransform_rows" if rows else "ctransform_cols",
-                             torch.where(kept, pot, -math.inf), self.cost, scale,
-                             compiled=self.compiled)
-        back, _ = run_kernel("ctransform_cols" if rows else "ctransform_rows", this, self.cost,
-                             scale, compiled=self.compiled)
+        kept = weights > 0
+        if self.native and self.cost.is_contiguous():
+            scale = 1.0 / self.eps
+            this = _native.ctransform(self.cost, torch.where(kept, pot, -math.inf), scale,
+                                      rows=rows)
+            back = _native.ctransform(self.cost, this, scale, rows=not rows)
+        else:
+            scale = self._scale()
+            this, _ = run_kernel("ctransform_rows" if rows else "ctransform_cols",
+                                 torch.where(kept, pot, -math.inf), self.cost, scale,
+                                 compiled=self.compiled)
+            back, _ = run_kernel("ctransform_cols" if rows else "ctransform_rows", this,
+                                 self.cost, scale, compiled=self.compiled)
         other = torch.where(kept, torch.minimum(back, pot + self.limit), back)
         self._absorb(*((this, other) if rows else (other, this)))
 
