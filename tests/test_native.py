@@ -295,3 +295,38 @@ def test_the_float32_logarithm_is_accurate():
     assert float(((got - exact).abs() / one_ulp)[finite].max()) <= 3.0
     assert got[-2] == -math.inf and got[-1] == math.inf
     assert stats[1] == -math.inf and stats[2] == math.inf
+
+
+@needs_native
+@pytest.mark.parametrize("dim", [1, 2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_squared_euclidean_cost_matches_the_reference(dim, dtype):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 30, dim, generator=gen, dtype=dtype)
+    y = torch.randn(2, 45, dim, generator=gen, dtype=dtype) + 1
+    y[1, :30] = x[1]  # coincident points: the cost is clamped at 0, never negative
+    out = _native.sqeuclidean_into(x, y, torch.empty(2, 30, 45, dtype=dtype))
+    want = ((x.double().unsqueeze(-2) - y.double().unsqueeze(-3)) ** 2).sum(-1)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol * 10)
+    assert bool((out >= 0).all())
+    diag = out[1, torch.arange(30), torch.arange(30)]
+    assert float(diag.abs().max()) <= 1e-5 * float(x[1].pow(2).sum(-1).max())
+
+
+@needs_native
+def test_the_solver_takes_the_native_cost_for_small_dimensions(monkeypatch):
+    calls = []
+    real = _native.sqeuclidean_into
+
+    def spy(x, y, out):
+        calls.append(x.shape[-1])
+        return real(x, y, out)
+
+    monkeypatch.setattr(_native, "sqeuclidean_into", spy)
+    for dim in (2, 3, 8):
+        x, y = torch.randn(40, dim), torch.randn(50, dim)
+        res = couplings.sinkhorn(couplings.PointCloud(x, y), eps=1.0)
+        ref = couplings.sinkhorn(torch.cdist(x, y) ** 2, eps=1.0)
+        torch.testing.assert_close(res.value, ref.value, rtol=1e-5, atol=1e-5)
+    assert calls == [2, 3]  # d = 8: torch's batched product

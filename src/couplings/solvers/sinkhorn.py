@@ -63,7 +63,7 @@ from .._validation import (
 )
 from ..geometry import Geometry, PointCloud, as_geometry
 from ..result import ConvergenceWarning, OTResult
-from . import _scratch
+from . import _native, _scratch
 from ._softmin import DenseSoftmin, KernelSoftmin, OnlineEnvelope, OnlineSoftmin, batched_mv
 from ._softmin import safe_log as _safe_log
 
@@ -1043,6 +1043,13 @@ def _choose_backend(backend: str, geom: Geometry, grad, balanced: bool) -> str:
     return backend
 
 
+# the largest dimension for which the native squared Euclidean cost (one pass, coordinates
+# unrolled for d <= 3) beats torch's three passes (add, batched product, clamp). float32,
+# 2 cores, n = m = 1000: 88 / 98 us against 183 / 206 us at d = 2 / 3, but 1.5 ms against
+# 0.22 ms at d = 5; at 4000: 3.5 / 3.3 ms against 9.4 / 8.4 ms.
+_NATIVE_COST_MAX_DIM = 3
+
+
 def _dense_cost(geom: Geometry) -> tuple[torch.Tensor, bool]:
     """The cost matrix ``(B, n, m)`` of ``geom``, and whether it was written into scratch memory
     (:mod:`._scratch`): for the squared Euclidean cost of a point cloud on the CPU whose points
@@ -1051,7 +1058,11 @@ def _dense_cost(geom: Geometry) -> tuple[torch.Tensor, bool]:
     if (isinstance(geom, PointCloud) and geom.cost_fn is _costs.sqeuclidean
             and geom.device.type == "cpu"
             and not (torch.is_grad_enabled() and (geom.x.requires_grad or geom.y.requires_grad))):
-        c = _costs.sqeuclidean_into(geom.x, geom.y, _scratch.take(geom.shape, geom.x))
+        out = _scratch.take(geom.shape, geom.x)
+        if geom.x.shape[-1] <= _NATIVE_COST_MAX_DIM and _native.usable(geom.x, geom.y):
+            c = _native.sqeuclidean_into(geom.x, geom.y, out)
+        else:
+            c = _costs.sqeuclidean_into(geom.x, geom.y, out)
         return batch_cost(c, f"cost {geom.cost_name!r}")[0], True
     return geom.cost_matrix(), False
 
