@@ -211,7 +211,8 @@ def kernel_update(kernel, pot, anchor, weights, other, *, rows: bool, positive: 
     the batch (NaN where any met a NaN). ``kernel`` ``(B, n, m)`` contiguous; ``pot``,
     ``anchor``, ``weights`` ``(B, k)``, ``other`` ``(B, l)``; only where :func:`usable`."""
     bsz, n, m = kernel.shape
-    pot, anchor, weights, other = (x.contiguous() for x in (pot, anchor, weights, other))
+    pot, anchor, weights, other = (pot.contiguous(), anchor.contiguous(), weights.contiguous(),
+                                   other.contiguous())
     out, scaled = torch.empty_like(other), torch.empty_like(pot)
     stats = (ctypes.c_double * 4)()
     _fn("kernel_update", kernel.dtype)(
