@@ -204,3 +204,26 @@ def test_checks_come_sooner_when_the_rate_predicts_convergence(momentum):
     # a warm start from the solution stops at the first check, after one iteration
     warm = sinkhorn(c / eps, a, b, init=(predicted.f, predicted.g), **opts)
     assert warm.n_iter == 1
+
+
+def test_checks_predict_from_the_last_iterations_before_them(monkeypatch):
+    """The error is also read ``_RECENT_SPAN`` iterations before each check, and the next check
+    is predicted from the rate over those iterations; in a batch each problem reads its own."""
+    sk = __import__("sys").modules["couplings.solvers.sinkhorn"]
+    seen = []
+    real = sk._check_steps
+
+    def spy(err, base_err, steps, tol, check_every):
+        seen.append(steps.tolist())
+        return real(err, base_err, steps, tol, check_every)
+
+    monkeypatch.setattr(sk, "_check_steps", spy)
+    _, _, a, b, c = random_problem(30, 40, seed=11, batch=4)
+    eps = torch.tensor([0.3, 0.1, 0.05, 0.02], dtype=c.dtype)[:, None, None]
+    opts = dict(eps=1.0, tol=1e-8, max_iter=5000)
+    batch = sinkhorn(c / eps, a, b, **opts)
+    assert any(sk._RECENT_SPAN in steps for steps in seen[1:])  # after the first check
+    alone = [sinkhorn(c[i] / eps[i], a[i], b[i], **opts) for i in range(4)]
+    assert batch.n_iter_per_problem.tolist() == [int(r.n_iter) for r in alone]
+    for i, res in enumerate(alone):
+        torch.testing.assert_close(batch.f[i], res.f, rtol=0, atol=1e-12)

@@ -195,6 +195,9 @@ _GUARD_SPAN = 10  # fewest iterations between two errors compared by the safegua
 # Refinement of omega while relaxed: the rate is measured again over windows that start after
 # the transient of the switch and double in length (iterations 12-20, 20-36, 36-68, ...)
 _REFINE_FROM, _REFINE_SPAN = 12, 8
+# Predicted checks: the error is also read this many iterations before each check, and the
+# next check is predicted from the rate over those iterations (0: from the last check only)
+_RECENT_SPAN = 2
 
 
 def _refine_points(max_iter: int) -> dict[int, int]:
@@ -384,9 +387,12 @@ def _iterate(
     pass over the cost.
 
     Checks: each problem is checked first at ``min_iter``, then after at most ``check_every``
-    iterations, sooner where its rate since the last check predicts convergence sooner
-    (:func:`_check_steps`). A check of the batch happens when some problem is due, and only
-    the problems due decide there, so the stopping iterations are those of the problems alone.
+    iterations, sooner where its rate predicts convergence sooner (:func:`_check_steps`): the
+    rate over the ``_RECENT_SPAN`` iterations before the check (the error is read there
+    without a sync) where the error fell over them, else the rate since the last check. A
+    check of the batch happens when some problem is due, and only the problems due decide
+    there, so the stopping iterations are those of the problems alone (each problem's error is
+    read before its own check).
 
     ``floor``: a problem also stops, and counts as converged, once its error is below the
     :func:`_resolution` of its current potentials (the default ``tol`` of :func:`sinkhorn`);
@@ -499,6 +505,11 @@ def _iterate(
     prev_iter, relaxed_iter = lag.clone(), lag.clone()
     prev_err = relaxed_err = a.new_full((bsz,), math.inf)
     next_check = min_iter  # the earliest due_at of the active problems
+    # each problem's error _RECENT_SPAN iterations before its next check (read at the batch
+    # iterations read_at, on the host), and that iteration
+    recent_err = a.new_full((bsz,), math.inf)
+    recent_iter = torch.full((bsz,), -1, dtype=torch.long, device=a.device)
+    read_at: set[int] = set()
 
     def omega_of(like):  # (B,) the over-relaxation of each problem computed, 1 when plain
         return like.new_ones(like.shape[0]) if omega is None else omega.squeeze(-1).detach()
@@ -549,6 +560,11 @@ def _iterate(
                     prev_err = torch.where(changed, err_now, prev_err)
                     prev_iter = torch.where(changed, n_iter, prev_iter)
                 err_from = err_now
+        if n_iter in read_at:
+            with torch.no_grad():  # no sync: read at the problems' checks
+                now = due_at - _RECENT_SPAN == n_iter
+                recent_err = torch.where(now, full_error(), recent_err)
+                recent_iter = torch.where(now, n_iter, recent_iter)
         if n_iter >= limit or n_iter >= next_check:
             with torch.no_grad():
                 err = full_error()
@@ -578,12 +594,21 @@ def _iterate(
                     iters = torch.zeros_like(active, dtype=torch.long)
                 iters = torch.where(done, n_iter, iters)
                 active = active & ~done
+                # the rate since the last check, or over the last _RECENT_SPAN iterations where
+                # those lie after it and the error fell over them
+                newer = (recent_iter > prev_iter) & (err < recent_err)
+                base_err = torch.where(newer, recent_err, prev_err)
+                base_iter = torch.where(newer, recent_iter, prev_iter)
                 due_at = torch.where(due, torch.minimum(n_iter + _check_steps(
-                    err, prev_err, n_iter - prev_iter, tol_now, check_every), own_end), due_at)
+                    err, base_err, n_iter - base_iter, tol_now, check_every), own_end), due_at)
                 prev_err = torch.where(due, err, prev_err)
                 prev_iter = torch.where(due, n_iter, prev_iter)
                 soonest = torch.where(active, due_at, limit).min()
-            n_active, next_check = torch.stack([active.sum(), soonest]).tolist()
+                summary = [active.sum().unsqueeze(0), soonest.unsqueeze(0)]
+                if _RECENT_SPAN:  # and the active problems' next checks, for read_at
+                    summary.append(torch.where(active, due_at, -1))
+            n_active, next_check, *dues = torch.cat(summary).tolist()
+            read_at = {d - _RECENT_SPAN for d in dues if d - _RECENT_SPAN > n_iter}
             if n_active == 0:
                 break
             everyone = n_active == active.shape[0]
@@ -605,6 +630,7 @@ def _iterate(
                 due_at, prev_iter, prev_err, relaxed_err, relaxed_iter, own_end = (
                     x[keep] for x in (due_at, prev_iter, prev_err, relaxed_err, relaxed_iter,
                                       own_end))
+                recent_err, recent_iter = recent_err[keep], recent_iter[keep]
                 if symmetric:
                     v = u
                 active, everyone = active[keep], True
