@@ -111,6 +111,27 @@ def test_the_update_matches_the_eager_one(rows, dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("rows", [True, False])
+def test_an_update_gives_the_same_bits_in_any_batch(rows):
+    """The element-wise loops of an update run over the batch as one array: a problem's
+    entries must come out the same wherever its slice falls in the vector lanes."""
+    gen = torch.Generator().manual_seed(8)
+    for n, m in ((7, 13), (33, 29), (100, 37)):
+        kernel = torch.rand(5, n, m, generator=gen)
+        k, l = (m, n) if rows else (n, m)
+        pot, anchor = torch.randn(5, k, generator=gen), torch.randn(5, k, generator=gen)
+        weights = torch.rand(5, k, generator=gen) + 0.01
+        other = torch.randn(5, l, generator=gen)
+        whole, _ = _native.kernel_update(kernel, pot, anchor, weights, other, rows=rows,
+                                         positive=True)
+        for keep in ([0], [1, 3], [2, 3, 4]):
+            part, _ = _native.kernel_update(kernel[keep], pot[keep], anchor[keep],
+                                            weights[keep], other[keep], rows=rows,
+                                            positive=True)
+            assert torch.equal(part, whole[keep])
+
+
+@needs_native
 def test_zero_weights_are_left_out_and_nans_are_reported():
     gen = torch.Generator().manual_seed(3)
     kernel = torch.rand(2, 6, 5, generator=gen)
