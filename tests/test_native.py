@@ -351,3 +351,47 @@ def test_the_solver_takes_the_native_cost_for_small_dimensions(monkeypatch):
         ref = couplings.sinkhorn(torch.cdist(x, y) ** 2, eps=1.0)
         torch.testing.assert_close(res.value, ref.value, rtol=1e-5, atol=1e-5)
     assert calls == [2, 3]  # d = 8: torch's batched product
+
+
+@needs_native
+@pytest.mark.parametrize("n, m", [(40, 30), (30, 40)])
+def test_implicit_gradients_are_the_same_without_the_native_kernels(monkeypatch, n, m):
+    """The implicit backward builds its kernel ``exp((f + g - C) / eps)`` natively on the CPU;
+    the gradients in the points and the weights equal those of the torch path."""
+    gen = torch.Generator().manual_seed(9)
+    x0, y0 = torch.randn(n, 2, generator=gen), torch.randn(m, 2, generator=gen) + 0.5
+    a0 = torch.rand(n, generator=gen) + 0.1
+    a0[3] = 0.0  # a point off the support
+    a0 = a0 / a0.sum()
+
+    def gradients():
+        x, a = x0.clone().requires_grad_(), a0.clone().requires_grad_()
+        res = couplings.sinkhorn(couplings.PointCloud(x, y0), a, None, eps=0.3, tol=1e-6,
+                                 grad="implicit")
+        (res.value + (res.f * torch.arange(n)).sum() / n).backward()
+        return x.grad, a.grad
+
+    capped = []
+    real = _native.absorb
+
+    def spy(*args, **kwargs):
+        capped.append(kwargs.get("upper", math.inf) < math.inf)  # the implicit kernel's call
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "absorb", spy)
+    native = gradients()
+    assert any(capped)
+    monkeypatch.setattr(_native, "enabled", False)
+    eager = gradients()
+    for got, want in zip(native, eager, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+def test_absorb_caps_the_exponent():
+    cost = torch.zeros(1, 2, 2, dtype=torch.float64)
+    out = _native.absorb(torch.empty_like(cost), torch.tensor([[500.0, 0.0]], dtype=torch.float64),
+                         torch.zeros(1, 2, dtype=torch.float64), cost, 1.0, -math.inf,
+                         upper=10.0)
+    assert out[0, 0].tolist() == [math.exp(10.0)] * 2 and out[0, 1].tolist() == [1.0, 1.0]

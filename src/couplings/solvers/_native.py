@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import re
@@ -57,7 +58,7 @@ __all__ = ["absorb", "available", "batched_mv", "ctransform", "kernel_update",
            "sqeuclidean_into", "status", "usable"]
 
 _SOURCE = Path(__file__).with_name("_native_kernels.c")
-_VERSION = 3  # couplings_native_version() of the source this module calls
+_VERSION = 4  # couplings_native_version() of the source this module calls
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fopenmp"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _OPENMP = re.compile(r"\S*/lib(?:g|i)?omp[^/\s]*\.so[^/\s]*")
@@ -126,7 +127,7 @@ def _declare(lib):
             "batched_mv": [ptr, ptr, ptr, long_, long_, long_, int_, int_],
             "kernel_update": [ptr] * 8 + [long_, long_, long_, int_, int_, int_],
             "ctransform": [ptr, ptr, real, ptr, long_, long_, long_, int_, int_],
-            "absorb": [ptr, ptr, ptr, ptr, real, real, long_, long_, long_, int_],
+            "absorb": [ptr, ptr, ptr, ptr, real, real, real, long_, long_, long_, int_],
             "sqeuclidean": [ptr] * 5 + [long_, long_, long_, long_, int_],
         }
         for name, argtypes in signatures.items():
@@ -236,15 +237,17 @@ def ctransform(cost: torch.Tensor, h: torch.Tensor, scale: float, *, rows: bool)
     return out
 
 
-def absorb(out, alpha, beta, cost, scale: float, cutoff: float) -> torch.Tensor:
-    """``out_ij = exp(alpha_i + beta_j - scale C_ij)`` where that exponent is at least
-    ``cutoff``, else 0, written into ``out`` ``(B, n, m)`` and returned. ``out`` and ``cost``
-    contiguous; only where :func:`usable`. In float32 the exponential is the vectorized one of
-    the C source (within one unit in the last place of the exact value)."""
+def absorb(out, alpha, beta, cost, scale: float, cutoff: float, *,
+           upper: float = math.inf) -> torch.Tensor:
+    """``out_ij = exp(min(z_ij, upper))`` for ``z_ij = alpha_i + beta_j - scale C_ij`` where
+    ``z_ij`` is at least ``cutoff``, else 0, written into ``out`` ``(B, n, m)`` and returned.
+    ``out`` and ``cost`` contiguous; only where :func:`usable`. In float32 the exponential is
+    the vectorized one of the C source (within one unit in the last place of the exact value;
+    0 below ``exp(-87.3)``)."""
     bsz, n, m = cost.shape
     alpha, beta = alpha.contiguous(), beta.contiguous()
     _fn("absorb", cost.dtype)(out.data_ptr(), alpha.data_ptr(), beta.data_ptr(),
-                              cost.data_ptr(), scale, cutoff, bsz, n, m,
+                              cost.data_ptr(), scale, cutoff, upper, bsz, n, m,
                               torch.get_num_threads())
     return out
 

@@ -95,7 +95,7 @@ static inline float log_f32(float x) {
 #include __FILE__
 
 /* the version the loader checks, bumped with every change of a signature */
-int couplings_native_version(void) { return 3; }
+int couplings_native_version(void) { return 4; }
 
 #else /* the kernels, once per type T: NAME(fn) is fn_f32 or fn_f64 */
 
@@ -231,10 +231,10 @@ void NAME(sqeuclidean)(const T *restrict x, const T *restrict yt, const T *restr
     }
 }
 
-/* the stabilized kernel: out_ij = exp(z) where z = alpha_i + beta_j - scale C_ij is at least
- * cutoff, else 0 (also for a NaN z) */
+/* the stabilized kernel: out_ij = exp(min(z, upper)) where z = alpha_i + beta_j - scale C_ij is
+ * at least cutoff, else 0 (also for a NaN z) */
 void NAME(absorb)(T *restrict out, const T *restrict alpha, const T *restrict beta,
-                  const T *restrict C, T scale, T cutoff, long B, long n, long m,
+                  const T *restrict C, T scale, T cutoff, T upper, long B, long n, long m,
                   int threads) {
     int nt = B * n * m >= PARALLEL_FROM ? threads : 1;
     #pragma omp parallel for schedule(static) num_threads(nt)
@@ -244,7 +244,7 @@ void NAME(absorb)(T *restrict out, const T *restrict alpha, const T *restrict be
         T ai = alpha[row];
         for (long j = 0; j < m; ++j) {
             T z = (ai + bb[j]) - scale * r[j];
-            T e = EXP(z);
+            T e = EXP(z > upper ? upper : z);
             o[j] = z >= cutoff ? e : 0;
         }
     }

@@ -702,10 +702,11 @@ def _cg(matvec, rhs, precond, tol, max_iter):
     return x, bool((r.norm(dim=-1, keepdim=True) <= bound).all())
 
 
-def _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts: Implicit):
+def _adjoint(kernel, a, b, grad_f, grad_g, opts: Implicit):
     """Solve the adjoint system of the Sinkhorn fixed point.
 
-    With ``R = P / a`` (rows sum to 1) and ``Q = P / b`` (columns sum to 1), the fixed-point
+    With the plan ``P = a_i b_j K_ij`` (``kernel`` ``K = exp((f + g - C) / eps)`` ``(B, n, m)``),
+    ``R = P / a`` (rows sum to 1) and ``Q = P / b`` (columns sum to 1), the fixed-point
     equations ``F(f, g; C, a, b) = 0`` have Jacobian ``J = [[I, R], [Q^T, I]]`` in ``(f, g)``;
     this returns ``(x, y)`` solving ``J^T [x; y] = [grad_f; grad_g]``. Potentials of zero-weight
     points are explicit functions of the others and are eliminated first; on the support the
@@ -713,28 +714,31 @@ def _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts: Implicit):
     ``S = diag(a) - Q P^T`` is solved (it is singular along constants; a rank-one term fixes the
     constant, which the gradients do not depend on).
 
-    ``z`` is ``(f + g - C) / eps`` ``(B, n, m)``. The row side is the smaller one (callers
+    ``R``, ``Q`` and ``P`` are never formed: each product with them is one with ``K`` between
+    diagonal scalings (``Q w = a (K w)``, ``P^T w = b (K^T (a w))``), so the solve holds one
+    ``n x m`` matrix instead of four and writes none. The row side is the smaller one (callers
     transpose otherwise).
     """
-    sa, sb = a > 0, log_b > -math.inf
-    r_mat = torch.exp(z + log_b.unsqueeze(-2))  # (B, n, m), rows sum to 1
-    q_mat = torch.exp(z + log_a.unsqueeze(-1))  # (B, n, m), columns sum to 1
-    p_mat = torch.exp(z + log_a.unsqueeze(-1) + log_b.unsqueeze(-2))  # (B, n, m)
+    sa, sb = a > 0, b > 0
     gf_off, gg_off = grad_f * ~sa, grad_g * ~sb
     # move the known adjoints of off-support potentials to the right-hand side
-    rhs_u = (grad_f - batched_mv(q_mat, gg_off)) * sa  # (B, n)
-    rhs_v = (grad_g - batched_mv(r_mat, gf_off, transpose=True)) * sb  # (B, m)
-    schur_rhs = rhs_u - batched_mv(q_mat, rhs_v)  # (B, n)
+    rhs_u = (grad_f - a * batched_mv(kernel, gg_off)) * sa  # (B, n)
+    rhs_v = (grad_g - b * batched_mv(kernel, gf_off, transpose=True)) * sb  # (B, m)
+    schur_rhs = rhs_u - a * batched_mv(kernel, rhs_v)  # (B, n)
     mass = a.sum(-1, keepdim=True)
-    n = z.shape[-2]
+    n = kernel.shape[-2]
+
+    def p_transpose(w):  # P^T w (B, m)
+        return b * batched_mv(kernel, a * w, transpose=True)
 
     def matvec(w):  # (S + a a^T / mass) w, identity off the support
-        pw = batched_mv(p_mat, w, transpose=True)  # (B, m)
-        sw = a * w - batched_mv(q_mat, pw)
+        sw = a * w - a * batched_mv(kernel, p_transpose(w))
         return sw + a * (a * w).sum(-1, keepdim=True) / mass + w * ~sa
 
     def dense():
-        s = torch.diag_embed(a + (~sa).to(a.dtype)) - q_mat @ p_mat.transpose(-2, -1)
+        # Q P^T = diag(a) K diag(b) K^T diag(a)
+        qp = a.unsqueeze(-1) * ((kernel * b.unsqueeze(-2)) @ kernel.transpose(-2, -1))
+        s = torch.diag_embed(a + (~sa).to(a.dtype)) - qp * a.unsqueeze(-2)
         s = s + a.unsqueeze(-1) * a.unsqueeze(-2) / mass.unsqueeze(-1)  # (B, n, n)
         chol, info = torch.linalg.cholesky_ex(s)
         if bool((info == 0).all()):
@@ -745,7 +749,8 @@ def _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts: Implicit):
     if use_dense:
         w = dense()
     else:
-        tol = opts.tol if opts.tol is not None else (1e-10 if z.dtype == torch.float64 else 1e-5)
+        tol = (opts.tol if opts.tol is not None
+               else (1e-10 if kernel.dtype == torch.float64 else 1e-5))
         max_iter = opts.max_iter if opts.max_iter is not None else max(100, 2 * n)
         inv_diag = torch.where(sa, 1.0 / torch.where(sa, a, torch.ones_like(a)), 1.0)
         w, ok = _cg(matvec, schur_rhs, lambda r: r * inv_diag, tol, max_iter)
@@ -761,8 +766,8 @@ def _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts: Implicit):
             )
     w = w * sa
     x = a * w + gf_off  # (B, n)
-    y = (rhs_v - batched_mv(p_mat, w, transpose=True)) * sb + gg_off  # (B, m)
-    return x, y, r_mat, q_mat
+    y = (rhs_v - p_transpose(w)) * sb + gg_off  # (B, m)
+    return x, y
 
 
 class _ImplicitSinkhorn(torch.autograd.Function):
@@ -797,20 +802,33 @@ class _ImplicitSinkhorn(torch.autograd.Function):
 def _implicit_grads(cost, a, b, f, g, grad_f, grad_g, eps, opts):
     """The cost's and the weights' gradients ``(B, n, m)``, ``(B, n)``, ``(B, m)`` of a balanced
     Sinkhorn fixed point, from those of its potentials (:class:`_ImplicitSinkhorn`)."""
-    z = (f.unsqueeze(-1) + g.unsqueeze(-2) - cost) / eps  # (B, n, m)
-    # pairs where both weights vanish have an unbounded kernel; keep it finite
-    z = z.clamp_max(0.5 * math.log(torch.finfo(z.dtype).max))
-    log_a, log_b = _safe_log(a), _safe_log(b)
+    kernel = _implicit_kernel(cost, f, g, eps)  # (B, n, m)
     if f.shape[-1] <= g.shape[-1]:
-        x, y, r_mat, q_mat = _adjoint(z, log_a, log_b, a, grad_f, grad_g, opts)
+        x, y = _adjoint(kernel, a, b, grad_f, grad_g, opts)
     else:  # solve on the smaller side: the problem transposed
-        y, x, q_t, r_t = _adjoint(z.transpose(-2, -1), log_b, log_a, b, grad_g, grad_f, opts)
-        r_mat, q_mat = r_t.transpose(-2, -1), q_t.transpose(-2, -1)
-    grad_cost = x.unsqueeze(-1) * r_mat + y.unsqueeze(-2) * q_mat  # (B, n, m)
-    kernel = torch.exp(z)  # d F / d a_i and d F / d b_j, divided by eps
-    grad_a = -eps * batched_mv(kernel, y)
+        y, x = _adjoint(kernel.transpose(-2, -1), b, a, grad_g, grad_f, opts)
+    # x_i R_ij + y_j Q_ij = K_ij (x_i b_j + y_j a_i), written over the kernel (its last use
+    # is the two products below, which read it first)
+    grad_a = -eps * batched_mv(kernel, y)  # d F / d a_i and d F / d b_j, divided by eps
     grad_b = -eps * batched_mv(kernel, x, transpose=True)
+    weight = x.unsqueeze(-1) * b.unsqueeze(-2) + y.unsqueeze(-2) * a.unsqueeze(-1)
+    # (out of place when autograd records this backward: create_graph=True)
+    grad_cost = kernel * weight if torch.is_grad_enabled() else kernel.mul_(weight)
     return grad_cost, grad_a, grad_b
+
+
+def _implicit_kernel(cost, f, g, eps):
+    """``K = exp((f_i + g_j - C_ij) / eps)`` ``(B, n, m)`` (the plan divided by ``a_i b_j``), its
+    exponent capped at half the dtype's largest exponent (pairs where both weights vanish have
+    an unbounded kernel; the cap keeps it finite). One native pass on the CPU (its float32
+    exponential gives 0 below ``exp(-87.3)``, where torch's gives subnormal numbers), else one
+    matrix and five in-place passes."""
+    limit = 0.5 * math.log(torch.finfo(cost.dtype).max)
+    if (cost.dim() == 3 and cost.is_contiguous() and _native.usable(cost, f, g)):
+        return _native.absorb(torch.empty_like(cost), f / eps, g / eps, cost, 1.0 / eps,
+                              -math.inf, upper=limit)
+    z = f.unsqueeze(-1) + g.unsqueeze(-2)
+    return z.sub_(cost).div_(eps).clamp_max_(limit).exp_()
 
 
 class _ImplicitUnbalanced(torch.autograd.Function):
