@@ -395,3 +395,39 @@ def test_absorb_caps_the_exponent():
                          torch.zeros(1, 2, dtype=torch.float64), cost, 1.0, -math.inf,
                          upper=10.0)
     assert out[0, 0].tolist() == [math.exp(10.0)] * 2 and out[0, 1].tolist() == [1.0, 1.0]
+
+
+@needs_native
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_the_cost_pullback_matches_autograd(dim):
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 30, dim, dtype=torch.float64, generator=gen)
+    y = torch.randn(2, 45, dim, dtype=torch.float64, generator=gen)
+    grad = torch.randn(2, 30, 45, dtype=torch.float64, generator=gen)
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    (((xr.unsqueeze(-2) - yr.unsqueeze(-3)) ** 2).sum(-1) * grad).sum().backward()
+    torch.testing.assert_close(_native.sqeuclidean_pull(grad, x, y, rows=True), xr.grad)
+    torch.testing.assert_close(_native.sqeuclidean_pull(grad, x, y, rows=False), yr.grad)
+
+
+@needs_native
+def test_the_native_cost_function_passes_gradcheck_and_the_solver_takes_it(monkeypatch):
+    sk = __import__("sys").modules["couplings.solvers.sinkhorn"]
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 6, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.randn(1, 5, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(sk._NativeSqEuclidean.apply, (x, y))
+    calls = []
+    real = sk._NativeSqEuclidean.apply
+    monkeypatch.setattr(sk._NativeSqEuclidean, "apply", lambda *a: calls.append(1) or real(*a))
+    xs, ys = x[0].detach().requires_grad_(), y[0].detach().requires_grad_()
+    implicit = couplings.sinkhorn(couplings.PointCloud(xs, ys), eps=0.5, grad="implicit",
+                                  tol=1e-12, max_iter=5000)
+    (gx,) = torch.autograd.grad(implicit.value, xs)
+    assert calls == [1]
+    # grad="unroll" keeps torch's graph (it may be differentiated twice)
+    unrolled = couplings.sinkhorn(couplings.PointCloud(xs, ys), eps=0.5, grad="unroll",
+                                  tol=1e-12, max_iter=5000)
+    (gx_unrolled,) = torch.autograd.grad(unrolled.value, xs)
+    assert calls == [1]
+    torch.testing.assert_close(gx, gx_unrolled, rtol=1e-6, atol=1e-8)

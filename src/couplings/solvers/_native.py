@@ -55,10 +55,10 @@ from pathlib import Path
 import torch
 
 __all__ = ["absorb", "available", "batched_mv", "ctransform", "kernel_update",
-           "sqeuclidean_into", "status", "usable"]
+           "sqeuclidean_into", "sqeuclidean_pull", "status", "usable"]
 
 _SOURCE = Path(__file__).with_name("_native_kernels.c")
-_VERSION = 4  # couplings_native_version() of the source this module calls
+_VERSION = 5  # couplings_native_version() of the source this module calls
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fopenmp"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _OPENMP = re.compile(r"\S*/lib(?:g|i)?omp[^/\s]*\.so[^/\s]*")
@@ -129,6 +129,7 @@ def _declare(lib):
             "ctransform": [ptr, ptr, real, ptr, long_, long_, long_, int_, int_],
             "absorb": [ptr, ptr, ptr, ptr, real, real, real, long_, long_, long_, int_],
             "sqeuclidean": [ptr] * 5 + [long_, long_, long_, long_, int_],
+            "sqeuclidean_pull": [ptr] * 6 + [long_, long_, long_, long_, int_, int_],
         }
         for name, argtypes in signatures.items():
             fn = getattr(lib, f"{name}_{suffix}")
@@ -264,4 +265,20 @@ def sqeuclidean_into(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> tor
     x2, y2 = (x * x).sum(-1), (yt * yt).sum(-2)
     _fn("sqeuclidean", x.dtype)(x.data_ptr(), yt.data_ptr(), x2.data_ptr(), y2.data_ptr(),
                                 out.data_ptr(), bsz, n, m, d, torch.get_num_threads())
+    return out
+
+
+def sqeuclidean_pull(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, rows: bool):
+    """The gradient of ``sum_ij grad_ij |x_i - y_j|^2`` in ``x`` ``(B, n, d)`` (``rows``):
+    ``2 (x_i sum_j grad_ij - sum_j grad_ij y_j)``, else in ``y`` ``(B, m, d)``; one pass over
+    ``grad`` ``(B, n, m)``. Only where :func:`usable`."""
+    bsz, n, m = grad.shape
+    d = x.shape[-1]
+    grad, x, y = grad.contiguous(), x.contiguous(), y.contiguous()
+    yt = y.transpose(-2, -1).contiguous()
+    out = torch.empty_like(x if rows else y)
+    acc = grad.new_empty(0 if rows else bsz * (d + 1) * m)
+    _fn("sqeuclidean_pull", grad.dtype)(grad.data_ptr(), x.data_ptr(), yt.data_ptr(),
+                                        y.data_ptr(), out.data_ptr(), acc.data_ptr(), bsz, n, m,
+                                        d, int(rows), torch.get_num_threads())
     return out

@@ -95,7 +95,7 @@ static inline float log_f32(float x) {
 #include __FILE__
 
 /* the version the loader checks, bumped with every change of a signature */
-int couplings_native_version(void) { return 4; }
+int couplings_native_version(void) { return 5; }
 
 #else /* the kernels, once per type T: NAME(fn) is fn_f32 or fn_f64 */
 
@@ -228,6 +228,60 @@ void NAME(sqeuclidean)(const T *restrict x, const T *restrict yt, const T *restr
         case 3: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, 3); break;
         default: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, d);
         }
+    }
+}
+
+/* the gradient of sum_ij G_ij |x_i - y_j|^2 in the points: with rows, gx (B, n, d) =
+ * 2 (x_i sum_j G_ij - sum_j G_ij y_j); else gy (B, m, d) = 2 (y_j sum_i G_ij - sum_i G_ij x_i).
+ * G (B, n, m) contiguous, x (B, n, d), yt (B, d, m), xt (B, d, n), y (B, m, d). One pass over
+ * G: rows in blocks, or columns in slices with every row added in order. */
+void NAME(sqeuclidean_pull)(const T *restrict G, const T *restrict x, const T *restrict yt,
+                            const T *restrict y, T *restrict out, T *restrict acc, long B,
+                            long n, long m, long d, int rows, int threads) {
+    int nt = B * n * m >= PARALLEL_FROM ? threads : 1;
+    if (rows) {
+        #pragma omp parallel for schedule(static) num_threads(nt)
+        for (long row = 0; row < B * n; ++row) {
+            long b = row / n;
+            const T *restrict g = G + row * m, *restrict yb = yt + b * d * m;
+            T total = 0;
+            for (long j = 0; j < m; ++j) total += g[j];
+            for (long k = 0; k < d; ++k) {
+                const T *restrict yk = yb + k * m;
+                T moved = 0;
+                for (long j = 0; j < m; ++j) moved += g[j] * yk[j];
+                out[row * d + k] = 2 * (x[row * d + k] * total - moved);
+            }
+        }
+        return;
+    }
+    /* columns: acc (B, d + 1, m) holds the column sums and the weighted sums of x */
+    long split = B >= nt ? 1 : (nt + B - 1) / B;
+    long width = (m + split - 1) / split;
+    width = width < COL_MIN ? COL_MIN : (width + 15) / 16 * 16;
+    long blocks = (m + width - 1) / width;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (long task = 0; task < B * blocks; ++task) {
+        long b = task / blocks, blk = task % blocks;
+        long lo = blk * width, hi = lo + width < m ? lo + width : m;
+        const T *Gb = G + b * n * m, *xb = x + b * n * d;
+        T *restrict total = acc + b * (d + 1) * m;
+        for (long k = 0; k <= d; ++k)
+            for (long j = lo; j < hi; ++j) total[k * m + j] = 0;
+        for (long i = 0; i < n; ++i) {
+            const T *restrict g = Gb + i * m;
+            for (long j = lo; j < hi; ++j) total[j] += g[j];
+            for (long k = 0; k < d; ++k) {
+                T xk = xb[i * d + k];
+                T *restrict moved = total + (k + 1) * m;
+                for (long j = lo; j < hi; ++j) moved[j] += g[j] * xk;
+            }
+        }
+        for (long j = lo; j < hi; ++j)
+            for (long k = 0; k < d; ++k) {
+                long at = (b * m + j) * d + k;
+                out[at] = 2 * (y[at] * total[j] - total[(k + 1) * m + j]);
+            }
     }
 }
 
