@@ -18,7 +18,8 @@ to this module (``_native_kernels.c``) does both in one call:
   41 against 136 and 104 us for the compiled ones at ``n = m = 1000``, rows and columns) and
   the absorption that writes a kernel (225 against 310 us).
 * ``sqeuclidean_into``: a point cloud's squared Euclidean cost in one pass for ``d <= 3``
-  (88 against 183 us at ``n = m = 1000``, ``d = 2``).
+  (88 against 183 us at ``n = m = 1000``, ``d = 2``), and ``sqeuclidean_pull``, its gradient
+  in the points, one pass over the incoming gradient per side.
 
 In float32 the exponentials and logarithms are the C source's own (a polynomial after a
 range reduction, which the compiler vectorizes; glibc's ``expf`` and ``logf`` are scalar
