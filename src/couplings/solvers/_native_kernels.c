@@ -73,6 +73,15 @@ static inline float log_f32(float x) {
     return x < 0.0f || x != x ? NAN : l;
 }
 
+/* the columns per task of a column pass over B matrices of m columns on nt threads: as few
+ * slices as keep every thread busy (each slice reads every row), at least COL_MIN, in whole
+ * vectors. The slices never change a result: every column adds its rows in order. */
+static inline long column_width(long B, int nt, long m) {
+    long split = B >= nt ? 1 : (nt + B - 1) / B;
+    long width = (m + split - 1) / split;
+    return width < COL_MIN ? COL_MIN : (width + 15) / 16 * 16;
+}
+
 #define COUPLINGS_TYPE_GENERIC
 #define CAT2(a, b) a##_##b
 #define CAT(a, b) CAT2(a, b)
@@ -82,7 +91,7 @@ static inline float log_f32(float x) {
 #define SUFFIX f32
 #define EXP exp_f32
 #define LOG log_f32
-#include __FILE__
+#include "_native_kernels.c" /* this file again, for the next type */
 #undef T
 #undef SUFFIX
 #undef EXP
@@ -92,7 +101,7 @@ static inline float log_f32(float x) {
 #define SUFFIX f64
 #define EXP exp
 #define LOG log
-#include __FILE__
+#include "_native_kernels.c" /* this file again, for the next type */
 
 /* the version the loader checks, bumped with every change of a signature */
 int couplings_native_version(void) { return 5; }
@@ -115,10 +124,7 @@ static inline T NAME(dot)(const T *restrict r, const T *restrict w, long m) {
 void NAME(batched_mv)(const T *restrict K, const T *restrict w, T *restrict out, long B,
                       long n, long m, int rows, int threads) {
     int nt = B * n * m >= PARALLEL_FROM ? threads : 1;
-    /* column slices: as few as keep every thread busy (each slice reads every row) */
-    long split = B >= nt ? 1 : (nt + B - 1) / B;
-    long width = (m + split - 1) / split;
-    width = width < COL_MIN ? COL_MIN : (width + 15) / 16 * 16;
+    long width = column_width(B, nt, m);
     long blocks = rows ? (n + ROW_BLOCK - 1) / ROW_BLOCK : (m + width - 1) / width;
     long tasks = B * blocks;
     #pragma omp parallel for schedule(static) num_threads(nt)
@@ -159,9 +165,7 @@ void NAME(batched_mv)(const T *restrict K, const T *restrict w, T *restrict out,
 void NAME(ctransform)(const T *restrict C, const T *restrict h, T scale, T *restrict out,
                       long B, long n, long m, int rows, int threads) {
     int nt = B * n * m >= PARALLEL_FROM ? threads : 1;
-    long split = B >= nt ? 1 : (nt + B - 1) / B;
-    long width = (m + split - 1) / split;
-    width = width < COL_MIN ? COL_MIN : (width + 15) / 16 * 16;
+    long width = column_width(B, nt, m);
     long blocks = rows ? (n + ROW_BLOCK - 1) / ROW_BLOCK : (m + width - 1) / width;
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (long task = 0; task < B * blocks; ++task) {
@@ -233,7 +237,7 @@ void NAME(sqeuclidean)(const T *restrict x, const T *restrict yt, const T *restr
 
 /* the gradient of sum_ij G_ij |x_i - y_j|^2 in the points: with rows, gx (B, n, d) =
  * 2 (x_i sum_j G_ij - sum_j G_ij y_j); else gy (B, m, d) = 2 (y_j sum_i G_ij - sum_i G_ij x_i).
- * G (B, n, m) contiguous, x (B, n, d), yt (B, d, m), xt (B, d, n), y (B, m, d). One pass over
+ * G (B, n, m) contiguous, x (B, n, d), yt (B, d, m), y (B, m, d). One pass over
  * G: rows in blocks, or columns in slices with every row added in order. */
 void NAME(sqeuclidean_pull)(const T *restrict G, const T *restrict x, const T *restrict yt,
                             const T *restrict y, T *restrict out, T *restrict acc, long B,
@@ -256,9 +260,7 @@ void NAME(sqeuclidean_pull)(const T *restrict G, const T *restrict x, const T *r
         return;
     }
     /* columns: acc (B, d + 1, m) holds the column sums and the weighted sums of x */
-    long split = B >= nt ? 1 : (nt + B - 1) / B;
-    long width = (m + split - 1) / split;
-    width = width < COL_MIN ? COL_MIN : (width + 15) / 16 * 16;
+    long width = column_width(B, nt, m);
     long blocks = (m + width - 1) / width;
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (long task = 0; task < B * blocks; ++task) {

@@ -1092,7 +1092,6 @@ def _choose_backend(backend: str, geom: Geometry, grad, balanced: bool) -> str:
 # 2 cores, n = m = 1000: 88 / 98 us against 183 / 206 us at d = 2 / 3, but 1.5 ms against
 # 0.22 ms at d = 5; at 4000: 3.5 / 3.3 ms against 9.4 / 8.4 ms.
 _NATIVE_COST_MAX_DIM = 3
-_NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
 class _NativeSqEuclidean(torch.autograd.Function):
@@ -1130,24 +1129,19 @@ def _dense_cost(geom: Geometry, grad=None) -> tuple[torch.Tensor, bool]:
     Where the points record a gradient and the solve differentiates once (``grad`` other than
     ``"unroll"``, whose graph may be differentiated twice), a small dimension on the CPU takes
     :class:`_NativeSqEuclidean`."""
-    points = isinstance(geom, PointCloud)
-    records = points and torch.is_grad_enabled() and (geom.x.requires_grad
-                                                       or geom.y.requires_grad)
-    if (records and grad != "unroll" and geom.cost_fn is _costs.sqeuclidean
-            and geom.device.type == "cpu"
-            and geom.x.shape[-1] <= _NATIVE_COST_MAX_DIM and geom.dtype in _NATIVE_DTYPES
-            and _native.available()):
-        c = _NativeSqEuclidean.apply(geom.x, geom.y)
-        return batch_cost(c, f"cost {geom.cost_name!r}")[0], False
-    if (points and geom.cost_fn is _costs.sqeuclidean and geom.device.type == "cpu"
-            and not records):
-        out = _scratch.take(geom.shape, geom.x)
-        if geom.x.shape[-1] <= _NATIVE_COST_MAX_DIM and _native.usable(geom.x, geom.y):
-            c = _native.sqeuclidean_into(geom.x, geom.y, out)
-        else:
-            c = _costs.sqeuclidean_into(geom.x, geom.y, out)
-        return batch_cost(c, f"cost {geom.cost_name!r}")[0], True
-    return geom.cost_matrix(), False
+    if not (isinstance(geom, PointCloud) and geom.cost_fn is _costs.sqeuclidean
+            and geom.device.type == "cpu"):
+        return geom.cost_matrix(), False
+    name = f"cost {geom.cost_name!r}"
+    native = (geom.x.shape[-1] <= _NATIVE_COST_MAX_DIM
+              and _native.usable(geom.x.detach(), geom.y.detach()))
+    if torch.is_grad_enabled() and (geom.x.requires_grad or geom.y.requires_grad):
+        if native and grad != "unroll":
+            return batch_cost(_NativeSqEuclidean.apply(geom.x, geom.y), name)[0], False
+        return geom.cost_matrix(), False
+    out = _scratch.take(geom.shape, geom.x)
+    fill = _native.sqeuclidean_into if native else _costs.sqeuclidean_into
+    return batch_cost(fill(geom.x, geom.y, out), name)[0], True
 
 
 def _keep_or_give_back(c: torch.Tensor, scratch: bool, geom: Geometry, *outputs):
