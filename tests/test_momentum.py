@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from couplings import PointCloud, sinkhorn
+from couplings.solvers._softmin import KernelSoftmin
 from couplings.solvers.sinkhorn import _refine_points, _refined_rate, _relaxation, _relaxed
 
 from ._problems import random_problem
@@ -252,12 +253,22 @@ def test_a_batch_of_relaxed_and_plain_starts_equals_one_by_one(monkeypatch):
     starts = []
     relaxed = sinkhorn_module._relaxed
 
-    def spy(old, new, excess):  # the first relaxed update records each problem's omega
-        if not starts:
+    def record(excess):  # the first relaxed update records each problem's omega
+        if not starts and excess is not None:
             starts.append((excess.squeeze(-1) + 1).tolist())
+
+    def spy(old, new, excess):
+        record(excess)
         return relaxed(old, new, excess)
 
+    fused = KernelSoftmin.fused_update
+
+    def spy_fused(self, rows, *args, **kwargs):  # the relaxation fused into the update
+        record(kwargs["excess"])
+        return fused(self, rows, *args, **kwargs)
+
     monkeypatch.setattr(sinkhorn_module, "_relaxed", spy)
+    monkeypatch.setattr(KernelSoftmin, "fused_update", spy_fused)
     batch = sinkhorn(c, **kw)
     assert starts[0] == [sinkhorn_module._START_OMEGA, 1.0]
     for i in range(2):

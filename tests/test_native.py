@@ -102,8 +102,8 @@ def test_the_update_matches_the_eager_one(rows, dtype):
     pot, anchor = (torch.randn(bsz, k, generator=gen, dtype=dtype) for _ in range(2))
     weights = torch.rand(bsz, k, generator=gen, dtype=dtype) + 0.1
     other = torch.randn(bsz, l, generator=gen, dtype=dtype)
-    out, stats = _native.kernel_update(kernel, pot, anchor, weights, other, rows=rows,
-                                       positive=True)
+    out, stats, _, _ = _native.kernel_update(kernel, pot, anchor, weights, other, rows=rows,
+                                             positive=True)
     want, want_stats = torch_update(kernel, pot, anchor, weights, other, rows, True)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
@@ -122,13 +122,64 @@ def test_an_update_gives_the_same_bits_in_any_batch(rows):
         pot, anchor = torch.randn(5, k, generator=gen), torch.randn(5, k, generator=gen)
         weights = torch.rand(5, k, generator=gen) + 0.01
         other = torch.randn(5, l, generator=gen)
-        whole, _ = _native.kernel_update(kernel, pot, anchor, weights, other, rows=rows,
-                                         positive=True)
+        whole, *_ = _native.kernel_update(kernel, pot, anchor, weights, other, rows=rows,
+                                          positive=True)
         for keep in ([0], [1, 3], [2, 3, 4]):
-            part, _ = _native.kernel_update(kernel[keep], pot[keep], anchor[keep],
+            part, *_ = _native.kernel_update(kernel[keep], pot[keep], anchor[keep],
                                             weights[keep], other[keep], rows=rows,
                                             positive=True)
             assert torch.equal(part, whole[keep])
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_epilogue_relaxes_and_measures_the_error_as_the_loop_does(rows, dtype):
+    """The fused over-relaxation and error share equal the loop's torch formulas
+    (``_relaxed`` and ``sum w |expm1(r - new)|`` over positive weights), including a zero
+    weight whose deviation is not finite, steps beyond the cap and deviations on both sides of
+    the polynomial's range of expm1."""
+    gen = torch.Generator().manual_seed(12)
+    bsz, n, m = 3, 37, 21
+    k, l = (m, n) if rows else (n, m)
+    kernel = torch.rand(bsz, n, m, generator=gen, dtype=dtype) + 0.05
+    pot, anchor = (torch.randn(bsz, k, generator=gen, dtype=dtype) for _ in range(2))
+    weights = torch.rand(bsz, k, generator=gen, dtype=dtype) + 0.1
+    other = torch.randn(bsz, l, generator=gen, dtype=dtype)
+    out, *_ = _native.kernel_update(kernel, pot, anchor, weights, other, rows=rows,
+                                    positive=True)
+    spread = torch.tensor([1e-6, 1e-3, 0.2, 0.34, 0.36, 1.5, 4.0], dtype=dtype)
+    old = out + spread.repeat(l)[:l] * torch.sign(torch.randn(bsz, l, generator=gen,
+                                                              dtype=dtype))
+    old[0, 3] = math.inf  # a zero-weight entry of the error
+    err_w = torch.rand(bsz, l, generator=gen, dtype=dtype)
+    err_w[0, 3] = 0.0
+    excess = torch.tensor([[0.0], [0.5], [0.9]], dtype=dtype)
+    new, _, relaxed, error = _native.kernel_update(
+        kernel, pot, anchor, weights, other, rows=rows, positive=True, old=old, excess=excess,
+        cap=3.0, error_weights=err_w, error_of_relaxed=not rows)
+    assert torch.equal(new, out)
+    want = out + ((out - old) * excess).clamp(-3.0, 3.0)
+    ok = torch.isfinite(old)
+    torch.testing.assert_close(relaxed[ok], want[ok], rtol=0, atol=4 * torch.finfo(dtype).eps)
+    ref = (want if not rows else old).double()
+    dev = torch.expm1(ref - out.double()).abs()
+    want_err = torch.where(err_w > 0, err_w.double() * dev, 0.0).sum(-1)
+    assert torch.isfinite(error).all() and error.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(error.double(), want_err, rtol=tol, atol=0)
+    # the relaxation alone, and the error alone
+    _, _, relaxed_only, none = _native.kernel_update(
+        kernel, pot, anchor, weights, other, rows=rows, positive=True, old=old, excess=excess,
+        cap=3.0)
+    assert none is None
+    torch.testing.assert_close(relaxed_only, relaxed, rtol=0, atol=0, equal_nan=True)
+    _, _, no_relax, error_only = _native.kernel_update(
+        kernel, pot, anchor, weights, other, rows=rows, positive=True, old=old,
+        error_weights=err_w)
+    assert no_relax is None
+    if rows:
+        assert torch.equal(error_only, error)
 
 
 @needs_native
@@ -140,15 +191,15 @@ def test_zero_weights_are_left_out_and_nans_are_reported():
     weights[0, 2] = 0.0
     pot[0, 2] = -math.inf  # a padded entry's potential
     other = torch.randn(2, 6, generator=gen)
-    out, stats = _native.kernel_update(kernel, pot, anchor, weights, other, rows=True,
-                                       positive=False)
+    out, stats, *_ = _native.kernel_update(kernel, pot, anchor, weights, other, rows=True,
+                                           positive=False)
     want, want_stats = torch_update(kernel, pot, anchor, weights, other, True, False)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
     assert stats == pytest.approx(want_stats, rel=1e-5)
     pot[1, 0] = math.nan
-    out, stats = _native.kernel_update(kernel, pot, anchor, weights, other, rows=True,
-                                       positive=False)
+    out, stats, *_ = _native.kernel_update(kernel, pot, anchor, weights, other, rows=True,
+                                           positive=False)
     assert all(math.isnan(s) for s in stats)  # so the solver's safety test fails
 
 
@@ -307,8 +358,8 @@ def test_the_float32_logarithm_is_accurate():
     values = torch.cat([values, torch.tensor([1.0, 2.0, 0.5, 1e-40, 0.0, math.inf])])
     bsz = values.numel()
     ones, zeros = torch.ones(bsz, 1), torch.zeros(bsz, 1)
-    out, stats = _native.kernel_update(values.view(bsz, 1, 1), zeros, zeros, ones, zeros,
-                                       rows=True, positive=True)
+    out, stats, _, _ = _native.kernel_update(values.view(bsz, 1, 1), zeros, zeros, ones, zeros,
+                                             rows=True, positive=True)
     got, exact = -out[:, 0].double(), torch.log(values.double())
     finite = torch.isfinite(exact)
     one_ulp = (torch.nextafter(exact.float(), torch.tensor(math.inf)).double()

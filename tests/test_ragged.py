@@ -108,14 +108,19 @@ def _sizes_seen(monkeypatch):
     """Record the batch sizes the row update is computed on (a kernel-backend update that
     falls back to the log domain is recorded twice, with the same size)."""
     seen = []
-    for cls in (DenseSoftmin, KernelSoftmin):
-        original = cls.row
+    original_row, original_update = DenseSoftmin.row, KernelSoftmin._update
 
-        def spy(self, v, *args, _original=original, **kwargs):
+    def spy_row(self, v, *args, **kwargs):
+        seen.append(v.shape[0])
+        return original_row(self, v, *args, **kwargs)
+
+    def spy_update(self, rows, v, *args, **kwargs):  # every kernel-backend update, fused or not
+        if rows:
             seen.append(v.shape[0])
-            return _original(self, v, *args, **kwargs)
+        return original_update(self, rows, v, *args, **kwargs)
 
-        monkeypatch.setattr(cls, "row", spy)
+    monkeypatch.setattr(DenseSoftmin, "row", spy_row)
+    monkeypatch.setattr(KernelSoftmin, "_update", spy_update)
     return seen
 
 

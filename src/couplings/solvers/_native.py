@@ -59,7 +59,7 @@ __all__ = ["absorb", "available", "batched_mv", "ctransform", "kernel_update",
            "sqeuclidean_into", "sqeuclidean_pull", "status", "usable"]
 
 _SOURCE = Path(__file__).with_name("_native_kernels.c")
-_VERSION = 5  # couplings_native_version() of the source this module calls
+_VERSION = 6  # couplings_native_version() of the source this module calls
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fopenmp"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _OPENMP = re.compile(r"\S*/lib(?:g|i)?omp[^/\s]*\.so[^/\s]*")
@@ -126,7 +126,8 @@ def _declare(lib):
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         signatures = {
             "batched_mv": [ptr, ptr, ptr, long_, long_, long_, int_, int_],
-            "kernel_update": [ptr] * 8 + [long_, long_, long_, int_, int_, int_],
+            "kernel_update": [ptr] * 8 + [long_, long_, long_, int_, int_, int_, ptr, ptr,
+                                                      real, ptr, ptr, ptr, int_],
             "ctransform": [ptr, ptr, real, ptr, long_, long_, long_, int_, int_],
             "absorb": [ptr, ptr, ptr, ptr, real, real, real, long_, long_, long_, int_],
             "sqeuclidean": [ptr] * 5 + [long_, long_, long_, long_, int_],
@@ -209,22 +210,46 @@ def batched_mv(mat: torch.Tensor, vec: torch.Tensor, *, transpose: bool = False)
     return out
 
 
-def kernel_update(kernel, pot, anchor, weights, other, *, rows: bool, positive: bool):
+def kernel_update(kernel, pot, anchor, weights, other, *, rows: bool, positive: bool,
+                  old=None, excess=None, cap: float = math.inf, error_weights=None,
+                  error_of_relaxed: bool = False):
     r"""One kernel-domain update: with ``d = pot - anchor`` (0 where the weight is 0, unless
     ``positive``) and ``w = weights e^d``, ``out = other - log(K w)`` (``rows``) or
-    ``other - log(K^T w)``; returns ``out`` and ``(min d, min log S, max log S, sum w)`` over
-    the batch (NaN where any met a NaN). ``kernel`` ``(B, n, m)`` contiguous; ``pot``,
-    ``anchor``, ``weights`` ``(B, k)``, ``other`` ``(B, l)``; only where :func:`usable`."""
+    ``other - log(K^T w)``; returns ``out``, ``(min d, min log S, max log S, sum w)`` over
+    the batch (NaN where any met a NaN), and the epilogue's two results (``None`` unless
+    asked):
+
+    * ``relaxed = out + clamp((out - old) * excess, -cap, cap)`` ``(B, l)``, for ``old``
+      ``(B, l)`` and ``excess`` ``(B,)``;
+    * ``error`` ``(B,)``, :math:`\sum_p w_p |e^{r_p - out_p} - 1|` over the
+      positive ``error_weights`` ``(B, l)``, with ``r`` the relaxed result
+      (``error_of_relaxed``) or ``old``.
+
+    ``kernel`` ``(B, n, m)`` contiguous; ``pot``, ``anchor``, ``weights`` ``(B, k)``,
+    ``other`` ``(B, l)``; only where :func:`usable`."""
     bsz, n, m = kernel.shape
+    # (the loop's tensors are contiguous already: .contiguous() returns them as they are)
     pot, anchor, weights, other = (pot.contiguous(), anchor.contiguous(), weights.contiguous(),
                                    other.contiguous())
     out, scaled = torch.empty_like(other), torch.empty_like(pot)
     stats = (ctypes.c_double * 4)()
+    relaxed = error = old_ptr = excess_ptr = relaxed_ptr = weights_ptr = error_ptr = None
+    if old is not None:
+        old_ptr = old.contiguous().data_ptr()
+        if excess is not None:
+            excess_ptr = excess.contiguous().data_ptr()  # (B, 1) or (B,)
+            relaxed = torch.empty_like(other)
+            relaxed_ptr = relaxed.data_ptr()
+        if error_weights is not None:
+            weights_ptr = error_weights.contiguous().data_ptr()
+            error = other.new_empty(bsz)
+            error_ptr = error.data_ptr()
     _fn("kernel_update", kernel.dtype)(
         kernel.data_ptr(), pot.data_ptr(), anchor.data_ptr(), weights.data_ptr(),
         other.data_ptr(), out.data_ptr(), scaled.data_ptr(), ctypes.addressof(stats), bsz, n,
-        m, int(rows), int(positive), torch.get_num_threads())
-    return out, tuple(stats)
+        m, int(rows), int(positive), torch.get_num_threads(), old_ptr, excess_ptr, cap,
+        relaxed_ptr, weights_ptr, error_ptr, int(error_of_relaxed))
+    return out, tuple(stats), relaxed, error
 
 
 def ctransform(cost: torch.Tensor, h: torch.Tensor, scale: float, *, rows: bool) -> torch.Tensor:

@@ -73,6 +73,22 @@ static inline float log_f32(float x) {
     return x < 0.0f || x != x ? NAN : l;
 }
 
+/* exp(x) - 1 in float32 without the cancellation of exp_f32(x) - 1 near 0: the Taylor
+ * polynomial to x^8 where |x| <= 0.35 (truncation below 7e-10 relative), else
+ * exp_f32(x) - 1 (within 3e-7 relative there, as e^x - 1 is at least 0.29 in size). */
+static inline float expm1_f32(float x) {
+    float p = 2.48015873e-5f; /* 1/8! ... 1/2!, then x (1 + x (...)) */
+    p = p * x + 1.98412698e-4f;
+    p = p * x + 1.38888889e-3f;
+    p = p * x + 8.33333333e-3f;
+    p = p * x + 4.16666667e-2f;
+    p = p * x + 1.66666667e-1f;
+    p = p * x + 0.5f;
+    p = p * x + 1.0f;
+    float small = p * x;
+    return x <= 0.35f && x >= -0.35f ? small : exp_f32(x) - 1.0f;
+}
+
 /* the columns per task of a column pass over B matrices of m columns on nt threads: as few
  * slices as keep every thread busy (each slice reads every row), at least COL_MIN, in whole
  * vectors. The slices never change a result: every column adds its rows in order. */
@@ -91,20 +107,23 @@ static inline long column_width(long B, int nt, long m) {
 #define SUFFIX f32
 #define EXP exp_f32
 #define LOG log_f32
+#define EXPM1 expm1_f32
 #include "_native_kernels.c" /* this file again, for the next type */
 #undef T
 #undef SUFFIX
 #undef EXP
 #undef LOG
+#undef EXPM1
 
 #define T double
 #define SUFFIX f64
 #define EXP exp
 #define LOG log
+#define EXPM1 expm1
 #include "_native_kernels.c" /* this file again, for the next type */
 
 /* the version the loader checks, bumped with every change of a signature */
-int couplings_native_version(void) { return 5; }
+int couplings_native_version(void) { return 6; }
 
 #else /* the kernels, once per type T: NAME(fn) is fn_f32 or fn_f64 */
 
@@ -306,16 +325,43 @@ void NAME(absorb)(T *restrict out, const T *restrict alpha, const T *restrict be
     }
 }
 
+/* entry p of kernel_update's epilogue: writes the over-relaxed result
+ * out + clamp((out - old) ex, -cap, cap) (relax) and returns the entry's share of the
+ * marginal error, w |expm1(ref - out)| for a positive weight w, where ref is the relaxed
+ * result (err_of_relaxed) or old (0 without err_weights) */
+static inline double NAME(epilogue)(long p, const T *restrict out, const T *restrict old, T ex,
+                                    int relax, T cap, T *restrict relaxed,
+                                    const T *restrict err_weights, int err_of_relaxed) {
+    T o = out[p], r = o;
+    if (relax) {
+        T step = (o - old[p]) * ex;
+        step = step > cap ? cap : (step < -cap ? -cap : step);
+        r = o + step;
+        relaxed[p] = r;
+    }
+    if (!err_weights) return 0.0;
+    T w = err_weights[p];
+    T dev = EXPM1((err_of_relaxed ? r : old[p]) - o);
+    return w > 0 ? (double)w * (double)(dev < 0 ? -dev : dev) : 0.0;
+}
+
 /* One kernel-domain update (KernelSoftmin._matvec): with d = pot - anchor (0 where the
  * weight is 0 unless every weight is positive), w = weights e^d (written to `scaled`),
  * S = K w (rows) or K^T w, out = other - log S. stats (doubles) = [min d, min log S,
  * max log S, sum w] over the whole batch; NaN when any of them met a NaN. pot, anchor and
- * weights are (B, k), other and out (B, l), with (k, l) = (m, n) for rows, else (n, m). */
+ * weights are (B, k), other and out (B, l), with (k, l) = (m, n) for rows, else (n, m).
+ * With old (B, l) given, an epilogue follows (the loop's over-relaxation and error checks,
+ * fused): with excess (B,) given, relaxed (B, l) = out + clamp((out - old) excess, -cap,
+ * cap); with err_weights (B, l) given, err[b] = sum_p w_p |expm1(ref_p - out_p)| over
+ * problem b's positive weights (summed in double), ref = relaxed (err_of_relaxed) or old. */
 void NAME(kernel_update)(const T *restrict K, const T *restrict pot,
                          const T *restrict anchor, const T *restrict weights,
                          const T *restrict other, T *restrict out, T *restrict scaled,
                          double *restrict stats, long B, long n, long m, int rows,
-                         int positive, int threads) {
+                         int positive, int threads, const T *restrict old,
+                         const T *restrict excess, T cap, T *restrict relaxed,
+                         const T *restrict err_weights, T *restrict err,
+                         int err_of_relaxed) {
     long k = rows ? m : n, l = rows ? n : m;
     double lo_dev = INFINITY, mass = 0.0;
     int nan_seen = 0;
@@ -340,6 +386,23 @@ void NAME(kernel_update)(const T *restrict K, const T *restrict pot,
         out[p] = other[p] - ls;
     }
     if (nan_seen) lo_dev = lo_sum = hi_sum = mass = NAN;
+    if (old) { /* the epilogue, problem by problem, each summed in fixed lanes */
+        for (long b = 0; b < B; ++b) {
+            const long lo = b * l, hi = lo + l;
+            const T ex = excess ? excess[b] : 0;
+            double acc[LANES] = {0}, total = 0.0;
+            long p = lo;
+            for (; p + LANES <= hi; p += LANES)
+                for (int q = 0; q < LANES; ++q)
+                    acc[q] += NAME(epilogue)(p + q, out, old, ex, excess != 0, cap, relaxed,
+                                             err_weights, err_of_relaxed);
+            for (int q = 0; q < LANES; ++q) total += acc[q];
+            for (; p < hi; ++p)
+                total += NAME(epilogue)(p, out, old, ex, excess != 0, cap, relaxed, err_weights,
+                                        err_of_relaxed);
+            if (err_weights) err[b] = (T)total;
+        }
+    }
     stats[0] = lo_dev;
     stats[1] = lo_sum;
     stats[2] = hi_sum;

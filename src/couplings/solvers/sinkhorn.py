@@ -524,13 +524,28 @@ def _iterate(
         return ops.row_total(weighted(target, torch.expm1(u / lam_a - t)))
 
     def full_error():
+        if row_err is not None and (s is None or col_err is not None):  # fused by the updates
+            return row_err if s is None else row_err + col_err
         if s is None:
             return row_error()
         # relaxed: the columns are off by |b (e^{v - s} - 1)|
         return row_error() + weighted(b, torch.expm1(v - s)).sum(-1)
 
+    # balanced alternating updates ask the ops for the over-relaxation and their shares of the
+    # error in the same pass (Softmin.fused_update; None where the ops do not fuse them): the
+    # relaxed row update (valid while omega is relaxed_with) and the two errors
+    fuse = balanced and not symmetric
+    t_relaxed = row_err = col_err = relaxed_with = None
     while True:
-        t = ops.row(v, b, log_b)
+        if fuse:
+            if omega is not None and omega is not excess_of:  # omega - 1, once per value
+                excess_of, excess = omega, omega - 1
+            relaxed_with = omega
+            t, t_relaxed, row_err = ops.fused_update(
+                True, v, b, log_b, old=u, excess=None if omega is None else excess,
+                cap=_EXTRAPOLATION_CAP, error_weights=weight)
+        else:
+            t = ops.row(v, b, log_b)
         k += 1
         if adaptive and eta is None and k in (_RATE_FROM, _RATE_TO):
             with torch.no_grad():  # no sync: the rate stays on the device
@@ -624,6 +639,8 @@ def _iterate(
                 ops.select(keep)
                 a, b, log_a, log_b, weight = (x[keep] for x in (a, b, log_a, log_b, weight))
                 u, v, t, error, iters = (x[keep] for x in (u, v, t, error, iters))
+                row_err, col_err = (None if x is None else x[keep] for x in (row_err, col_err))
+                t_relaxed = None
                 omega, s, err_from, eta = (None if x is None else x[keep]
                                            for x in (omega, s, err_from, eta))
                 cap = cap[keep]
@@ -642,16 +659,24 @@ def _iterate(
             if omega is not None:
                 if omega is not excess_of:  # omega - 1, once per value of omega
                     excess_of, excess = omega, omega - 1
-                u_new = _relaxed(u, u_new, excess)
+                # (omega changes at a check or a rate measurement: then relaxed here)
+                fused = t_relaxed is not None and relaxed_with is omega
+                u_new = t_relaxed if fused else _relaxed(u, u_new, excess)
             if translate:
                 la = ops.row_logsumexp(log_a - kap_a * u_new)
                 lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
                 u_new = u_new + (la - lb) / (kap_a + kap_b)  # (B, 1) translation
             u = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
-            g_new = ops.col(u, a, log_a)
+            if fuse:
+                g_new, v_relaxed, col_err = ops.fused_update(
+                    False, u, a, log_a, old=v, excess=None if omega is None else excess,
+                    cap=_EXTRAPOLATION_CAP, error_weights=None if omega is None else b)
+            else:
+                g_new, v_relaxed = ops.col(u, a, log_a), None
             v_new = lam_b * g_new if lam_b != 1.0 else g_new
             if omega is not None:
-                s, v_new = g_new, _relaxed(v, g_new, excess)
+                s, v_new = g_new, v_relaxed if v_relaxed is not None else _relaxed(v, g_new,
+                                                                                   excess)
             v = v_new if everyone else torch.where(active.unsqueeze(-1), v_new, v)
         n_iter += 1
     # the problems still active at the end ran every iteration
