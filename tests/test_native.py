@@ -180,6 +180,18 @@ def test_the_epilogue_relaxes_and_measures_the_error_as_the_loop_does(rows, dtyp
     assert no_relax is None
     if rows:
         assert torch.equal(error_only, error)
+    # weights shared by the batch (an expanded view, as the solver passes them) and a
+    # transposed view of old: each is made contiguous for the call
+    shared = err_w[1:2].expand(bsz, l)
+    old_view = old.t().contiguous().t()
+    _, _, relaxed_v, error_v = _native.kernel_update(
+        kernel, pot, anchor, weights, other, rows=rows, positive=True, old=old_view,
+        excess=excess, cap=3.0, error_weights=shared, error_of_relaxed=not rows)
+    _, _, relaxed_c, error_c = _native.kernel_update(
+        kernel, pot, anchor, weights, other, rows=rows, positive=True, old=old.clone(),
+        excess=excess, cap=3.0, error_weights=shared.contiguous(), error_of_relaxed=not rows)
+    torch.testing.assert_close(relaxed_v, relaxed_c, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(error_v, error_c, rtol=0, atol=0, equal_nan=True)
 
 
 @needs_native

@@ -234,16 +234,17 @@ def kernel_update(kernel, pot, anchor, weights, other, *, rows: bool, positive: 
     out, scaled = torch.empty_like(other), torch.empty_like(pot)
     stats = (ctypes.c_double * 4)()
     relaxed = error = old_ptr = excess_ptr = relaxed_ptr = weights_ptr = error_ptr = None
-    if old is not None:
-        old_ptr = old.contiguous().data_ptr()
+    if old is not None:  # (each contiguous tensor is kept alive until the call returns)
+        old = old.contiguous()
+        old_ptr = old.data_ptr()
         if excess is not None:
-            excess_ptr = excess.contiguous().data_ptr()  # (B, 1) or (B,)
+            excess = excess.contiguous()  # (B, 1) or (B,)
             relaxed = torch.empty_like(other)
-            relaxed_ptr = relaxed.data_ptr()
+            excess_ptr, relaxed_ptr = excess.data_ptr(), relaxed.data_ptr()
         if error_weights is not None:
-            weights_ptr = error_weights.contiguous().data_ptr()
+            error_weights = error_weights.contiguous()
             error = other.new_empty(bsz)
-            error_ptr = error.data_ptr()
+            weights_ptr, error_ptr = error_weights.data_ptr(), error.data_ptr()
     _fn("kernel_update", kernel.dtype)(
         kernel.data_ptr(), pot.data_ptr(), anchor.data_ptr(), weights.data_ptr(),
         other.data_ptr(), out.data_ptr(), scaled.data_ptr(), ctypes.addressof(stats), bsz, n,

@@ -64,6 +64,7 @@ from .._validation import (
 from ..geometry import Geometry, PointCloud, as_geometry
 from ..result import ConvergenceWarning, OTResult
 from . import _native, _scratch
+from ._bookkeeping import Bookkeeping, as_long, xp
 from ._softmin import DenseSoftmin, KernelSoftmin, OnlineEnvelope, OnlineSoftmin, batched_mv
 from ._softmin import safe_log as _safe_log
 
@@ -265,11 +266,12 @@ def _check_steps(err, prev_err, steps, tol, check_every):
     """Iterations to the next check of each problem ``(B,)``: ``check_every``, or fewer where
     the rate measured since the last check, ``(err / prev_err) ** (1 / steps)``, predicts that
     the error reaches ``tol`` sooner (at least 1)."""
-    rate = (err / prev_err) ** (1.0 / steps.clamp(min=1))
-    need = torch.log(tol / err) / torch.log(rate)  # > 0 when err > tol and rate < 1
-    need = torch.where((rate < 1) & (need > 0), need.ceil(), float(check_every))
+    lib = xp(err)  # torch tensors or numpy arrays (_bookkeeping)
+    rate = (err / prev_err) ** (1.0 / steps.clip(1, None))
+    need = lib.log(tol / err) / lib.log(rate)  # > 0 when err > tol and rate < 1
+    need = lib.where((rate < 1) & (need > 0), lib.ceil(need), float(check_every))
     # (an error stalling above tol measures a rate near 1, which predicts check_every)
-    return need.clamp(1, check_every).long()
+    return as_long(need.clip(1, check_every))
 
 
 def _resolution(u, v, a, b, balanced: bool, row_total=None) -> torch.Tensor:
@@ -464,12 +466,19 @@ def _iterate(
     kap_a, kap_b = eps / rho_a, eps / rho_b  # 0 on a balanced side
     translate = not symmetric and kap_a + kap_b > 0
 
-    active = torch.ones(bsz, dtype=torch.bool, device=a.device)
+    # the check schedule and the results per problem are bookkeeping arrays (_bookkeeping):
+    # numpy on the CPU, torch tensors on another device; the over-relaxation and the rates it
+    # is computed from stay torch tensors on the device (computed as before, in the problems'
+    # dtype: their rounding steers the relaxation)
+    book = Bookkeeping(a)
+    bk = book.xp
+    active = book.full(bsz, True, "bool")
+    active_dev = book.give(active)  # (the same on the solve's device, for masking updates)
     everyone = True  # whether every problem computed is active (no masking needed)
-    error = a.new_full((bsz,), math.inf)
-    iters = None  # (B,) iterations of the problems that stopped before the last check
+    error = book.full(bsz, math.inf)
+    iters = book.full(bsz, 0, "long")  # the iterations of the problems that stopped
     # the problems being computed, as indices into the batch (None: all of them), and the batch's
-    # results (u, v, error, iters) as of the last compaction
+    # results (u, v, error, iters, omega) as of the last compaction
     index, whole = None, None
     # row marginal of the current pair: a_i exp(u_i - t_i), whose target is a_i exp(-f_i / rho_a)
     # = a_i exp(u_i (1 - 1 / lam_a)); twice the violation when symmetric
@@ -496,19 +505,17 @@ def _iterate(
     # the last one the safeguard of the relaxation compared (relaxed_iter, relaxed_err)
     # (in the batch's iterations: a problem that waited during the annealing is ``lag``
     # iterations behind, so its checks and its last iteration come that much later)
-    # (the iterations each problem waited, as a tensor on the device)
-    lag = (torch.zeros(bsz, dtype=torch.long, device=a.device) if offset is None
-           else offset.to(a.device))
+    lag = book.full(bsz, 0, "long") if offset is None else book.take(offset)
     own_end = max_iter + lag  # (B,) the batch iteration at which each problem has run max_iter
     limit = max_iter + (int(offset.max()) if offset is not None else 0)
     due_at = min_iter + lag
-    prev_iter, relaxed_iter = lag.clone(), lag.clone()
-    prev_err = relaxed_err = a.new_full((bsz,), math.inf)
+    prev_iter = relaxed_iter = lag
+    prev_err = relaxed_err = book.full(bsz, math.inf)
     next_check = min_iter  # the earliest due_at of the active problems
     # each problem's error _RECENT_SPAN iterations before its next check (read at the batch
     # iterations read_at, on the host), and that iteration
-    recent_err = a.new_full((bsz,), math.inf)
-    recent_iter = torch.full((bsz,), -1, dtype=torch.long, device=a.device)
+    recent_err = book.full(bsz, math.inf)
+    recent_iter = book.full(bsz, -1, "long")
     read_at: set[int] = set()
 
     def omega_of(like):  # (B,) the over-relaxation of each problem computed, 1 when plain
@@ -523,7 +530,7 @@ def _iterate(
         target = weight * torch.exp(u * (1 - 1 / lam_a))
         return ops.row_total(weighted(target, torch.expm1(u / lam_a - t)))
 
-    def full_error():
+    def full_error():  # (B,) on the device
         if row_err is not None and (s is None or col_err is not None):  # fused by the updates
             return row_err if s is None else row_err + col_err
         if s is None:
@@ -563,73 +570,71 @@ def _iterate(
                 if k in refine_at:
                     relaxed = (err_now / err_from) ** (1.0 / refine_at[k])
                     # (a converged problem is frozen: its omega stays as it ended)
-                    eta = torch.where(active, torch.minimum(
+                    eta = torch.where(active_dev, torch.minimum(
                         _refined_rate(eta, relaxed, omega.squeeze(-1)), cap), eta)
                     new_omega = _relaxation(eta).unsqueeze(-1).to(u.dtype)
                     # a changed omega has a transient: the safeguard starts over from here
-                    changed = (new_omega != omega).squeeze(-1)
-                    relaxed_err = torch.where(changed, math.inf, relaxed_err)
-                    relaxed_iter = torch.where(changed, n_iter, relaxed_iter)
+                    changed = book.take((new_omega != omega).squeeze(-1))
+                    relaxed_err = bk.where(changed, math.inf, relaxed_err)
+                    relaxed_iter = bk.where(changed, n_iter, relaxed_iter)
                     omega = new_omega
                     # and the next check predicts from the rate since here, not from before
-                    prev_err = torch.where(changed, err_now, prev_err)
-                    prev_iter = torch.where(changed, n_iter, prev_iter)
+                    prev_err = bk.where(changed, book.take(err_now), prev_err)
+                    prev_iter = bk.where(changed, n_iter, prev_iter)
                 err_from = err_now
         if n_iter in read_at:
-            with torch.no_grad():  # no sync: read at the problems' checks
+            with torch.no_grad():  # no sync on a device: read at the problems' checks
                 now = due_at - _RECENT_SPAN == n_iter
-                recent_err = torch.where(now, full_error(), recent_err)
-                recent_iter = torch.where(now, n_iter, recent_iter)
+                recent_err = bk.where(now, book.take(full_error()), recent_err)
+                recent_iter = bk.where(now, n_iter, recent_iter)
         if n_iter >= limit or n_iter >= next_check:
-            with torch.no_grad():
-                err = full_error()
+            with torch.no_grad(), book.quiet():
+                err = book.take(full_error())
                 if n_iter >= limit:
-                    error = err if everyone else torch.where(active, err, error)
+                    error = err if everyone else bk.where(active, err, error)
                     break
                 # only the problems due decide, so each stops where it would alone
                 due = active & (due_at <= n_iter)
-                error = torch.where(due, err, error)
+                error = bk.where(due, err, error)
                 if adaptive and omega is not None and eta is not None:  # (not at the start)
                     # an error that grew over _GUARD_SPAN iterations ends the relaxation
                     # (over fewer, relaxed errors may oscillate on their way down)
                     span = due & (n_iter - relaxed_iter >= _GUARD_SPAN)
                     grew = span & ~(err <= relaxed_err)  # a non-finite error counts
-                    omega = torch.where(grew.unsqueeze(-1), 1.0, omega)
-                    # the next refinement starts again from the plain rate, under a lower cap
-                    eta = torch.where(grew, 0.0, eta)
-                    cap = torch.where(grew, (2 * cap - 1).clamp_min(0.0), cap)
-                    relaxed_err = torch.where(span, err, relaxed_err)
-                    relaxed_iter = torch.where(span, n_iter, relaxed_iter)
+                    if not book.host or grew.any():  # (no sync on a device)
+                        grew_dev = book.give(grew)
+                        omega = torch.where(grew_dev.unsqueeze(-1), 1.0, omega)
+                        # the next refinement starts again from the plain rate, under a lower cap
+                        eta = torch.where(grew_dev, 0.0, eta)
+                        cap = torch.where(grew_dev, (2 * cap - 1).clamp_min(0.0), cap)
+                    relaxed_err = bk.where(span, err, relaxed_err)
+                    relaxed_iter = bk.where(span, n_iter, relaxed_iter)
                 # a problem stops at tol (or at the resolution of its potentials, the default
                 # tol below float64), or after its own max_iter iterations
-                tol_now = (_resolution(u, v, a, b, balanced, ops.row_total).clamp_min(tol)
-                           if floor else tol)
+                tol_now = (book.take(_resolution(u, v, a, b, balanced, ops.row_total))
+                           .clip(tol, None) if floor else tol)
                 done = due & ((err <= tol_now) | (n_iter >= own_end))
-                if iters is None:
-                    iters = torch.zeros_like(active, dtype=torch.long)
-                iters = torch.where(done, n_iter, iters)
+                iters = bk.where(done, n_iter, iters)
                 active = active & ~done
                 # the rate since the last check, or over the last _RECENT_SPAN iterations where
                 # those lie after it and the error fell over them
                 newer = (recent_iter > prev_iter) & (err < recent_err)
-                base_err = torch.where(newer, recent_err, prev_err)
-                base_iter = torch.where(newer, recent_iter, prev_iter)
-                due_at = torch.where(due, torch.minimum(n_iter + _check_steps(
+                base_err = bk.where(newer, recent_err, prev_err)
+                base_iter = bk.where(newer, recent_iter, prev_iter)
+                due_at = bk.where(due, bk.minimum(n_iter + _check_steps(
                     err, base_err, n_iter - base_iter, tol_now, check_every), own_end), due_at)
-                prev_err = torch.where(due, err, prev_err)
-                prev_iter = torch.where(due, n_iter, prev_iter)
-                soonest = torch.where(active, due_at, limit).min()
-                summary = [active.sum().unsqueeze(0), soonest.unsqueeze(0)]
-                if _RECENT_SPAN:  # and the active problems' next checks, for read_at
-                    summary.append(torch.where(active, due_at, -1))
-            n_active, next_check, *dues = torch.cat(summary).tolist()
+                prev_err = bk.where(due, err, prev_err)
+                prev_iter = bk.where(due, n_iter, prev_iter)
+                n_active, next_check, dues = book.schedule(active, due_at, limit)
             read_at = {d - _RECENT_SPAN for d in dues if d - _RECENT_SPAN > n_iter}
             if n_active == 0:
                 break
             everyone = n_active == active.shape[0]
+            active_dev = book.give(active)
             if n_active <= _COMPACT_BELOW * active.shape[0]:
-                keep = active.nonzero().squeeze(-1)
-                now = (u, v, error, iters, omega_of(u))
+                keep_h = active.nonzero()[0] if book.host else active.nonzero().squeeze(-1)
+                keep = book.give(keep_h)
+                now = (u, v, book.give(error), book.give(iters), omega_of(u))
                 if index is None:
                     index, whole = keep, now
                 else:
@@ -638,22 +643,22 @@ def _iterate(
                     index = index[keep]
                 ops.select(keep)
                 a, b, log_a, log_b, weight = (x[keep] for x in (a, b, log_a, log_b, weight))
-                u, v, t, error, iters = (x[keep] for x in (u, v, t, error, iters))
-                row_err, col_err = (None if x is None else x[keep] for x in (row_err, col_err))
-                t_relaxed = None
-                omega, s, err_from, eta = (None if x is None else x[keep]
-                                           for x in (omega, s, err_from, eta))
-                cap = cap[keep]
-                due_at, prev_iter, prev_err, relaxed_err, relaxed_iter, own_end = (
-                    x[keep] for x in (due_at, prev_iter, prev_err, relaxed_err, relaxed_iter,
-                                      own_end))
-                recent_err, recent_iter = recent_err[keep], recent_iter[keep]
+                u, v, t = (x[keep] for x in (u, v, t))
+                row_err, col_err, omega, s, err_from, eta = (
+                    None if x is None else x[keep]
+                    for x in (row_err, col_err, omega, s, err_from, eta))
+                t_relaxed, cap = None, cap[keep]
+                (error, iters, due_at, prev_iter, prev_err, relaxed_err, relaxed_iter, own_end,
+                 recent_err, recent_iter) = (
+                    x[keep_h] for x in (error, iters, due_at, prev_iter, prev_err, relaxed_err,
+                                        relaxed_iter, own_end, recent_err, recent_iter))
                 if symmetric:
                     v = u
-                active, everyone = active[keep], True
+                active, everyone = active[keep_h], True
+                active_dev = book.give(active)
         if symmetric:
             u_new = 0.5 * (u + lam_a * t)
-            u = v = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
+            u = v = u_new if everyone else torch.where(active_dev.unsqueeze(-1), u_new, u)
         else:
             u_new = lam_a * t if lam_a != 1.0 else t
             if omega is not None:
@@ -666,7 +671,7 @@ def _iterate(
                 la = ops.row_logsumexp(log_a - kap_a * u_new)
                 lb = torch.logsumexp(log_b - kap_b * v, -1, keepdim=True)
                 u_new = u_new + (la - lb) / (kap_a + kap_b)  # (B, 1) translation
-            u = u_new if everyone else torch.where(active.unsqueeze(-1), u_new, u)
+            u = u_new if everyone else torch.where(active_dev.unsqueeze(-1), u_new, u)
             if fuse:
                 g_new, v_relaxed, col_err = ops.fused_update(
                     False, u, a, log_a, old=v, excess=None if omega is None else excess,
@@ -677,19 +682,19 @@ def _iterate(
             if omega is not None:
                 s, v_new = g_new, v_relaxed if v_relaxed is not None else _relaxed(v, g_new,
                                                                                    excess)
-            v = v_new if everyone else torch.where(active.unsqueeze(-1), v_new, v)
+            v = v_new if everyone else torch.where(active_dev.unsqueeze(-1), v_new, v)
         n_iter += 1
     # the problems still active at the end ran every iteration
-    if iters is None:
-        iters = torch.full_like(active, n_iter, dtype=torch.long)
-    else:
-        iters = torch.where(active, n_iter, iters)
+    iters = book.give(bk.where(active, n_iter, iters))
+    error = book.give(error).to(u.dtype)
     omega = omega_of(u)
     if index is not None:
         u, v, error, iters, omega = (w.index_copy(0, index, x) for w, x in
                                      zip(whole, (u, v, error, iters, omega), strict=True))
         if symmetric:
             v = u
+    lag = torch.zeros(bsz, dtype=torch.long, device=a.device) if offset is None else (
+        offset.to(a.device))
     annealed = n_anneal - lag  # K_p, 0 without annealing
     if offset is not None:  # each problem's own iterations, without the ones it waited
         iters = iters - lag
