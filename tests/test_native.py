@@ -389,13 +389,70 @@ def test_the_squared_euclidean_cost_matches_the_reference(dim, dtype):
     x = torch.randn(2, 30, dim, generator=gen, dtype=dtype)
     y = torch.randn(2, 45, dim, generator=gen, dtype=dtype) + 1
     y[1, :30] = x[1]  # coincident points: the cost is clamped at 0, never negative
-    out = _native.sqeuclidean_into(x, y, torch.empty(2, 30, 45, dtype=dtype))
+    out, (lo, hi) = _native.sqeuclidean_into(x, y, torch.empty(2, 30, 45, dtype=dtype))
     want = ((x.double().unsqueeze(-2) - y.double().unsqueeze(-3)) ** 2).sum(-1)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol * 10)
     assert bool((out >= 0).all())
     diag = out[1, torch.arange(30), torch.arange(30)]
     assert float(diag.abs().max()) <= 1e-5 * float(x[1].pow(2).sum(-1).max())
+    # the bounds of the same pass are those of the matrix it wrote
+    assert torch.equal(lo, out.amin((-2, -1))) and torch.equal(hi, out.amax((-2, -1)))
+
+
+@needs_native
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_nan_or_overflowing_point_is_an_error_not_a_zero_cost(grad):
+    """The clamp at 0 turns a NaN entry into 0: the pass flags it, and the solver raises the
+    usual error (with the native cost, for points with and without a gradient)."""
+    x, y = torch.randn(300, 2), torch.randn(400, 2)
+    bad = x.clone()
+    bad[5, 0] = math.nan
+    _, (_, hi) = _native.sqeuclidean_into(bad[None], y[None], torch.empty(1, 300, 400))
+    assert math.isnan(float(hi))
+    huge_x, huge_y = x.clone(), y.clone()
+    huge_x[0], huge_y[0] = 1e20, 1e20  # norms overflow: inf - inf
+    for px, py in ((bad, y), (huge_x, huge_y)):
+        px = px.clone().requires_grad_(grad)
+        with pytest.raises(ValueError, match="must be finite"):
+            couplings.sinkhorn(couplings.PointCloud(px, py), eps=1.0)
+
+
+@needs_native
+def test_the_cost_range_comes_from_the_cost_pass(monkeypatch):
+    """The solver reads the cost's range from the native pass instead of reducing the matrix
+    again, and gets the same range (hence the same solve) as from the matrix; a zero weight
+    still takes the range over the support."""
+    from couplings.solvers import _softmin
+
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(200, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(150, 2, generator=gen, dtype=torch.float64) * 2
+    y[3] = 20.0  # the largest costs, in a column that gets zero weight below
+    seen = []
+    real = _softmin.support_bounds
+
+    def spy(cost, a, b, known=None):
+        seen.append((known is not None, real(cost, a, b, known)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(_softmin, "support_bounds", spy)
+    fast = couplings.sinkhorn(couplings.PointCloud(x, y), eps=2.0, tol=1e-8)
+    matrix, _ = _native.sqeuclidean_into(x[None], y[None], torch.empty(1, 200, 150,
+                                                                       dtype=x.dtype))
+    slow = couplings.sinkhorn(matrix[0], eps=2.0, tol=1e-8)  # the same matrix, reduced again
+    assert [known for known, _ in seen] == [True, False]
+    assert all(torch.equal(p, q) for p, q in zip(seen[0][1], seen[1][1], strict=True))
+    assert int(fast.n_iter) == int(slow.n_iter)
+    torch.testing.assert_close(fast.f, slow.f, rtol=0, atol=0)
+    b = torch.full((150,), 1 / 149, dtype=torch.float64)
+    b[3] = 0.0
+    seen.clear()
+    couplings.sinkhorn(couplings.PointCloud(x, y), b=b, eps=2.0)
+    cost = couplings.PointCloud(x, y).cost_matrix()
+    support_max = float(cost[..., torch.arange(150) != 3].max())
+    assert seen[0][0] and float(seen[0][1][0]) == pytest.approx(support_max, rel=1e-12)
+    assert support_max < 0.9 * float(cost.max())  # (not the range of the whole matrix)
 
 
 @needs_native

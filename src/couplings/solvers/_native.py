@@ -59,7 +59,7 @@ __all__ = ["absorb", "available", "batched_mv", "ctransform", "kernel_update",
            "sqeuclidean_into", "sqeuclidean_pull", "status", "usable"]
 
 _SOURCE = Path(__file__).with_name("_native_kernels.c")
-_VERSION = 6  # couplings_native_version() of the source this module calls
+_VERSION = 7  # couplings_native_version() of the source this module calls
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fopenmp"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _OPENMP = re.compile(r"\S*/lib(?:g|i)?omp[^/\s]*\.so[^/\s]*")
@@ -130,7 +130,7 @@ def _declare(lib):
                                                       real, ptr, ptr, ptr, int_],
             "ctransform": [ptr, ptr, real, ptr, long_, long_, long_, int_, int_],
             "absorb": [ptr, ptr, ptr, ptr, real, real, real, long_, long_, long_, int_],
-            "sqeuclidean": [ptr] * 5 + [long_, long_, long_, long_, int_],
+            "sqeuclidean": [ptr] * 5 + [long_, long_, long_, long_, ptr, int_],
             "sqeuclidean_pull": [ptr] * 6 + [long_, long_, long_, long_, int_, int_],
         }
         for name, argtypes in signatures.items():
@@ -280,19 +280,24 @@ def absorb(out, alpha, beta, cost, scale: float, cutoff: float, *,
     return out
 
 
-def sqeuclidean_into(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def sqeuclidean_into(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor):
     """``|x_i - y_j|^2`` as ``max(0, |x_i|^2 + |y_j|^2 - 2 <x_i, y_j>)`` ``(B, n, m)`` (the
     formula of :func:`couplings.costs.sqeuclidean`) for ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)``,
-    written into ``out`` (contiguous) and returned; only where :func:`usable`. One pass over
-    the matrix instead of three, fast for ``d <= 3`` (unrolled): 88 against 183 us at
-    ``n = m = 1000``, ``d = 2``; far slower than torch's batched product from ``d = 5`` on."""
+    written into ``out`` (contiguous); returns ``out`` and each problem's smallest and largest
+    entry, ``(lo, hi)`` ``(B,)`` each, ``hi`` NaN where a NaN arose (a NaN point, or overflowing
+    norms: the clamp at 0 alone would make such an entry 0, so a caller must check ``hi``).
+    Only where :func:`usable`. One pass over the matrix instead of three, fast for ``d <= 3``
+    (unrolled): 88 against 183 us at ``n = m = 1000``, ``d = 2``; far slower than torch's
+    batched product from ``d = 5`` on."""
     bsz, n, d = x.shape
     m = y.shape[1]
     x, yt = x.contiguous(), y.transpose(-2, -1).contiguous()
     x2, y2 = (x * x).sum(-1), (yt * yt).sum(-2)
+    rows = x.new_empty(bsz, n, 2)  # each row's (min, max)
     _fn("sqeuclidean", x.dtype)(x.data_ptr(), yt.data_ptr(), x2.data_ptr(), y2.data_ptr(),
-                                out.data_ptr(), bsz, n, m, d, torch.get_num_threads())
-    return out
+                                out.data_ptr(), bsz, n, m, d, rows.data_ptr(),
+                                torch.get_num_threads())
+    return out, (rows[..., 0].amin(-1), rows[..., 1].amax(-1))
 
 
 def sqeuclidean_pull(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, rows: bool):

@@ -123,7 +123,7 @@ static inline long column_width(long B, int nt, long m) {
 #include "_native_kernels.c" /* this file again, for the next type */
 
 /* the version the loader checks, bumped with every change of a signature */
-int couplings_native_version(void) { return 6; }
+int couplings_native_version(void) { return 7; }
 
 #else /* the kernels, once per type T: NAME(fn) is fn_f32 or fn_f64 */
 
@@ -224,32 +224,44 @@ void NAME(ctransform)(const T *restrict C, const T *restrict h, T scale, T *rest
  * constant d, the coordinates unroll into a single pass over the row) */
 static inline void NAME(sqeuclidean_row)(const T *restrict xi, const T *restrict yb,
                                          const T *restrict y2b, T xx, T *restrict o, long m,
-                                         long d) {
+                                         long d, T *restrict bounds) {
+    T lo = INFINITY, hi = -INFINITY;
+    int nan_seen = 0;
+    #pragma omp simd reduction(min:lo) reduction(max:hi) reduction(|:nan_seen)
     for (long j = 0; j < m; ++j) {
         T dot = 0;
         for (long k = 0; k < d; ++k) dot += xi[k] * yb[k * m + j];
         T c = (xx + y2b[j]) - 2 * dot;
-        o[j] = c > 0 ? c : 0;
+        nan_seen |= c != c;
+        c = c > 0 ? c : 0;
+        o[j] = c;
+        lo = c < lo ? c : lo;
+        hi = c > hi ? c : hi;
     }
+    bounds[0] = lo;
+    bounds[1] = nan_seen ? NAN : hi;
 }
 
 /* the squared Euclidean cost out_ij = max(0, (x2_i + y2_j) - 2 <x_i, y_j>) (B, n, m) from
  * x (B, n, d), yt (B, d, m) (the points y transposed) and the squared norms x2 (B, n),
- * y2 (B, m); one pass per row, vectorized over j */
+ * y2 (B, m); one pass per row, vectorized over j. bounds (B, n, 2) gets each row's smallest
+ * and largest entry, the largest NaN where a NaN arose (a NaN point, or inf - inf from
+ * overflowing norms: the max(0, .) alone would have turned it into 0). */
 void NAME(sqeuclidean)(const T *restrict x, const T *restrict yt, const T *restrict x2,
                        const T *restrict y2, T *restrict out, long B, long n, long m, long d,
-                       int threads) {
+                       T *restrict bounds, int threads) {
     int nt = B * n * m >= PARALLEL_FROM ? threads : 1;
     #pragma omp parallel for schedule(static) num_threads(nt)
     for (long row = 0; row < B * n; ++row) {
         long b = row / n;
         const T *xi = x + row * d, *yb = yt + b * d * m, *y2b = y2 + b * m;
         T *o = out + row * m;
+        T *bd = bounds + 2 * row;
         switch (d) { /* the usual dimensions, unrolled */
-        case 1: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, 1); break;
-        case 2: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, 2); break;
-        case 3: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, 3); break;
-        default: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, d);
+        case 1: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, 1, bd); break;
+        case 2: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, 2, bd); break;
+        case 3: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, 3, bd); break;
+        default: NAME(sqeuclidean_row)(xi, yb, y2b, x2[row], o, m, d, bd);
         }
     }
 }

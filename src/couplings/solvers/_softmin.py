@@ -343,11 +343,14 @@ class DenseSoftmin(Softmin):
     reads ``C`` directly with the scale ``1 / e`` as an argument (no ``k``, no workspace).
     """
 
-    def __init__(self, cost: torch.Tensor, eps: float, *, unroll: bool, compiled: bool):
+    def __init__(self, cost: torch.Tensor, eps: float, *, unroll: bool, compiled: bool,
+                 bounds=None):
         if compiled and unroll:
             raise ValueError("the compiled backend does not record autograd; use "
                              "backend='tensorized' with grad='unroll'.")
         self.cost, self.unroll, self.compiled = cost, unroll, compiled
+        # (max C, min C) per problem, (B,) each, where the caller knows them (None: computed)
+        self.bounds = bounds
         self.eps = eps
         # the compiled updates' previous results, the shifts of their one-pass form
         self.prev = {"dense_rows": None, "dense_cols": None}
@@ -379,7 +382,7 @@ class DenseSoftmin(Softmin):
     def cost_range(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``max C - min C`` over the support of ``a`` ``(B, n)`` and ``b`` ``(B, m)``, per
         problem ``(B,)``."""
-        hi, lo = support_bounds(self.cost.detach(), a, b)
+        hi, lo = support_bounds(self.cost.detach(), a, b, self.bounds)
         return hi - lo
 
     def _fused(self, name, h):
@@ -422,6 +425,7 @@ class DenseSoftmin(Softmin):
     def select(self, keep: torch.Tensor):
         """Keep problems ``keep`` of the batch (out of place: unrolled gradients stay exact)."""
         self.cost = self.cost[keep]
+        self.bounds = None if self.bounds is None else tuple(x[keep] for x in self.bounds)
         self.prev = {k: None if p is None else p[keep] for k, p in self.prev.items()}
         if not self.compiled:
             self.k = self.k[keep]
@@ -469,8 +473,9 @@ class KernelSoftmin(DenseSoftmin):
     iterations where it cannot help.
     """
 
-    def __init__(self, cost: torch.Tensor, eps: float, *, compiled: bool = True):
-        super().__init__(cost, eps, unroll=False, compiled=compiled and compile_available())
+    def __init__(self, cost: torch.Tensor, eps: float, *, compiled: bool = True, bounds=None):
+        super().__init__(cost, eps, unroll=False, compiled=compiled and compile_available(),
+                         bounds=bounds)
         low_precision = torch.finfo(cost.dtype).bits <= 32
         limit, self.cutoff = (15.0, -58.0) if low_precision else (30.0, -300.0)
         self.limit = limit
@@ -714,13 +719,14 @@ class KernelSoftmin(DenseSoftmin):
         return self._update(False, u, a, log_a)
 
 
-def support_bounds(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+def support_bounds(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, known=None):
     """``(max C, min C)`` per problem, two ``(B,)`` tensors, over the entries of ``cost``
     ``(B, n, m)`` whose row weight ``a`` ``(B, n)`` and column weight ``b`` ``(B, m)`` are
     positive (padding excluded; ``-inf`` and ``inf`` where none is); no ``n x m`` temporary
-    unless some weight is zero."""
+    unless some weight is zero. ``known``: the bounds over all entries, where the caller has
+    them already (they are the answer when every weight is positive)."""
     if bool((a > 0).all()) and bool((b > 0).all()):
-        return cost.amax((-2, -1)), cost.amin((-2, -1))
+        return known if known is not None else (cost.amax((-2, -1)), cost.amin((-2, -1)))
     kept = (a.unsqueeze(-1) > 0) & (b.unsqueeze(-2) > 0)
     return (torch.where(kept, cost, -math.inf).amax((-2, -1)),
             torch.where(kept, cost, math.inf).amin((-2, -1)))

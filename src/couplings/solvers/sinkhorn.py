@@ -1056,7 +1056,7 @@ def _cpu_group(cost: torch.Tensor, matrices: int = 1) -> int:
     return max(1, min(bsz, _CPU_GROUP_ENTRIES // max(1, matrices * n * m)))
 
 
-def _iterate_kernel(cost, a, b, eps, *, compiled, init, **options):
+def _iterate_kernel(cost, a, b, eps, *, compiled, init, bounds=None, **options):
     """:func:`_iterate` (``options``: its loop options) on the ``"kernel"`` backend; returns
     its outputs, the backend that ran and the kernel's counts (summed over groups).
 
@@ -1076,7 +1076,8 @@ def _iterate_kernel(cost, a, b, eps, *, compiled, init, **options):
     parts, counts, backend = [], {}, "kernel"
     for lo in range(0, bsz, group):
         part = slice(lo, lo + group)
-        ops = KernelSoftmin(cost[part], eps, compiled=compiled)
+        ops = KernelSoftmin(cost[part], eps, compiled=compiled,
+                            bounds=None if bounds is None else tuple(x[part] for x in bounds))
         start = None if init is None else (init[0][part], init[1][part])
         parts.append(_iterate(ops, a[part], b[part], eps, init=start, **options))
         for key, value in ops.counts().items():
@@ -1138,7 +1139,7 @@ class _NativeSqEuclidean(torch.autograd.Function):
     def forward(ctx, x, y):
         ctx.save_for_backward(x, y)
         out = x.new_empty(x.shape[0], x.shape[1], y.shape[1])
-        return _native.sqeuclidean_into(x, y, out)
+        return _native_sqeuclidean(x, y, out)[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -1151,27 +1152,43 @@ class _NativeSqEuclidean(torch.autograd.Function):
         return gx, gy
 
 
-def _dense_cost(geom: Geometry, grad=None) -> tuple[torch.Tensor, bool]:
-    """The cost matrix ``(B, n, m)`` of ``geom``, and whether it was written into scratch memory
+def _native_sqeuclidean(x, y, out):
+    """The native squared Euclidean cost of points ``(B, n, d)``, ``(B, m, d)`` written into
+    ``out`` ``(B, n, m)``, checked finite from the bounds the same pass computes (no second
+    pass over the matrix); returns it and its ``(max, min)`` per problem."""
+    out, (lo, hi) = _native.sqeuclidean_into(x, y, out)
+    if not bool(torch.isfinite(hi).all()):  # a NaN point, or norms that overflow: the
+        # matrix formula in torch shows the non-finite entries, and the usual error says so
+        batch_cost(_costs.sqeuclidean(x, y), "cost 'sqeuclidean'")
+        raise ValueError("cost 'sqeuclidean' must be finite: the points or their squared "
+                         "norms are not.")
+    return out, (hi, lo)
+
+
+def _dense_cost(geom: Geometry, grad=None):
+    """The cost matrix ``(B, n, m)`` of ``geom``; whether it was written into scratch memory
     (:mod:`._scratch`): for the squared Euclidean cost of a point cloud on the CPU whose points
-    record no gradient. The solve then gives that memory back when it returns, unless autograd
+    record no gradient; and its ``(max, min)`` per problem where they came with it (else
+    ``None``). The solve then gives the scratch memory back when it returns, unless autograd
     holds the matrix, and its result evaluates the cost again if it is asked for the plan.
     Where the points record a gradient and the solve differentiates once (``grad`` other than
     ``"unroll"``, whose graph may be differentiated twice), a small dimension on the CPU takes
     :class:`_NativeSqEuclidean`."""
     if not (isinstance(geom, PointCloud) and geom.cost_fn is _costs.sqeuclidean
             and geom.device.type == "cpu"):
-        return geom.cost_matrix(), False
+        return geom.cost_matrix(), False, None
     name = f"cost {geom.cost_name!r}"
     native = (geom.x.shape[-1] <= _NATIVE_COST_MAX_DIM
               and _native.usable(geom.x.detach(), geom.y.detach()))
     if torch.is_grad_enabled() and (geom.x.requires_grad or geom.y.requires_grad):
         if native and grad != "unroll":
-            return batch_cost(_NativeSqEuclidean.apply(geom.x, geom.y), name)[0], False
-        return geom.cost_matrix(), False
+            return _NativeSqEuclidean.apply(geom.x, geom.y), False, None
+        return geom.cost_matrix(), False, None
     out = _scratch.take(geom.shape, geom.x)
-    fill = _native.sqeuclidean_into if native else _costs.sqeuclidean_into
-    return batch_cost(fill(geom.x, geom.y, out), name)[0], True
+    if native:
+        out, bounds = _native_sqeuclidean(geom.x, geom.y, out)
+        return out, True, bounds
+    return batch_cost(_costs.sqeuclidean_into(geom.x, geom.y, out), name)[0], True, None
 
 
 def _keep_or_give_back(c: torch.Tensor, scratch: bool, geom: Geometry, *outputs):
@@ -1492,7 +1509,7 @@ def sinkhorn(
             momentum=momentum, floor=floor,
         )
 
-    c, scratch = _dense_cost(geom, grad)  # (B, n, m)
+    c, scratch, bounds = _dense_cost(geom, grad)  # (B, n, m)
     a = batch_weights(a, n, bsz, geom.batched, c, "a", "the rows (n) of the cost")
     b = batch_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
     if balanced:
@@ -1519,12 +1536,13 @@ def sinkhorn(
         with torch.no_grad():
             (f, g, n_iter, error, converged, iters, omega, annealed), backend, kernel_counts = (
                 _iterate_kernel(c.detach(), a.detach(), b.detach(), eps, compiled=compiled,
-                                init=init, tol=tol, max_iter=max_iter, min_iter=min_iter,
-                                scaling=scaling, check_every=check_every, symmetric=symmetric,
-                                rho=rho, momentum=momentum, floor=floor))
+                                bounds=bounds, init=init, tol=tol, max_iter=max_iter,
+                                min_iter=min_iter, scaling=scaling, check_every=check_every,
+                                symmetric=symmetric, rho=rho, momentum=momentum, floor=floor))
     else:
         with torch.no_grad():
-            ops = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled")
+            ops = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled",
+                               bounds=bounds)
             f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
                 ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
                 check_every, init, symmetric, rho, momentum, floor,
