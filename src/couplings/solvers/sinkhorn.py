@@ -65,6 +65,7 @@ from ..geometry import Geometry, PointCloud, as_geometry
 from ..result import ConvergenceWarning, OTResult
 from . import _native, _scratch
 from ._bookkeeping import Bookkeeping, as_long, xp
+from ._initializers import gaussian_potentials
 from ._softmin import DenseSoftmin, KernelSoftmin, OnlineEnvelope, OnlineSoftmin, batched_mv
 from ._softmin import safe_log as _safe_log
 
@@ -345,7 +346,7 @@ def _gauge_shift(ops, u, v, a, b):
 
 def _iterate(
     ops, a, b, eps, tol, max_iter, min_iter, scaling, check_every, init, symmetric,
-    rho=(math.inf, math.inf), momentum=1.0, floor=False,
+    rho=(math.inf, math.inf), momentum=1.0, floor=False, guess=None,
 ):
     """Run Sinkhorn with the soft-min updates ``ops`` (a :mod:`._softmin` object holding the
     cost of ``B`` problems ``n x m``); return potentials ``f, g`` ``(B, n), (B, m)``, the
@@ -399,6 +400,9 @@ def _iterate(
     ``floor``: a problem also stops, and counts as converged, once its error is below the
     :func:`_resolution` of its current potentials (the default ``tol`` of :func:`sinkhorn`);
     only below float64, where that resolution can exceed ``tol``.
+
+    ``guess``: potentials ``(f, g)`` to start from where there is no ``init``, for the problems
+    that do not anneal (the others start from zero); see :mod:`._initializers`.
     """
     bsz, n, m = a.shape[0], a.shape[1], b.shape[1]
     log_a, log_b = _safe_log(a), _safe_log(b)
@@ -423,6 +427,12 @@ def _iterate(
         n_anneal = int(stages.max())
         offset = n_anneal - stages  # (B,) on the CPU
         grid = [eps / factor**j for j in range(n_anneal, -1, -1)]  # coarse to eps
+    if init is None and guess is not None:  # for the problems that do not anneal
+        start = None if annealing is None else (annealing[0] == 0).to(a.device).unsqueeze(-1)
+        if start is None:
+            init = guess
+        elif bool(start.any()):
+            init = [torch.where(start, p, 0.0) for p in guess]
     e_cur = grid[0]
     ops.set_eps(e_cur)
     # first update the rows, then the columns, as Sinkhorn-Knopp does; a warm start seeds the
@@ -1056,7 +1066,7 @@ def _cpu_group(cost: torch.Tensor, matrices: int = 1) -> int:
     return max(1, min(bsz, _CPU_GROUP_ENTRIES // max(1, matrices * n * m)))
 
 
-def _iterate_kernel(cost, a, b, eps, *, compiled, init, bounds=None, **options):
+def _iterate_kernel(cost, a, b, eps, *, compiled, init, bounds=None, guess=None, **options):
     """:func:`_iterate` (``options``: its loop options) on the ``"kernel"`` backend; returns
     its outputs, the backend that ran and the kernel's counts (summed over groups).
 
@@ -1079,7 +1089,8 @@ def _iterate_kernel(cost, a, b, eps, *, compiled, init, bounds=None, **options):
         ops = KernelSoftmin(cost[part], eps, compiled=compiled,
                             bounds=None if bounds is None else tuple(x[part] for x in bounds))
         start = None if init is None else (init[0][part], init[1][part])
-        parts.append(_iterate(ops, a[part], b[part], eps, init=start, **options))
+        parts.append(_iterate(ops, a[part], b[part], eps, init=start, **options,
+                              guess=None if guess is None else (guess[0][part], guess[1][part])))
         for key, value in ops.counts().items():
             counts[key] = counts.get(key, 0) + value
         backend = ops.backend
@@ -1221,6 +1232,20 @@ def _online_only(what: str):
     return fail
 
 
+def _guess(geom, a, b, init, balanced, symmetric, grad, fixed_depth):
+    """The Gaussian initializer's potentials (:mod:`._initializers`) where the solve starts
+    from them: ``init=None`` on a point cloud with the squared Euclidean cost, balanced, not
+    symmetric (its potentials would be constant), and neither unrolled nor of fixed depth (a
+    layer of textbook iterations from zero); else ``None``. ``init="zeros"`` opts out."""
+    if isinstance(init, str):
+        check_choice(init, "init", ("zeros",))
+        return None
+    if (init is not None or not balanced or symmetric or grad == "unroll" or fixed_depth
+            or not isinstance(geom, PointCloud) or geom.cost_fn is not _costs.sqeuclidean):
+        return None
+    return gaussian_potentials(geom.x, geom.y, a, b)
+
+
 def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, scaling, grad,
                      check_every, init, symmetric, momentum, floor) -> OTResult:
     """Balanced Sinkhorn on point clouds with the cost evaluated block by block."""
@@ -1233,14 +1258,17 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
     check_finite(y, "y")
     if symmetric and not (n == m and torch.equal(a, b) and torch.equal(x, y)):
         raise ValueError("symmetric=True needs y = x and a == b with backend='online'.")
-    if init is not None:
+    guess = _guess(geom, a, b, init, True, symmetric, grad, min_iter >= max_iter)
+    if init is not None and not isinstance(init, str):
         init = _check_init(init, bsz, n, m, geom.batched, x)
+    else:
+        init = None
     sq = geom.cost_name == "sqeuclidean"
     with torch.no_grad():
         ops = OnlineSoftmin(x.detach(), y.detach(), geom.cost_fn, eps, sqeuclidean=sq)
         f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
             ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling, check_every,
-            init, symmetric, momentum=momentum, floor=floor,
+            init, symmetric, momentum=momentum, floor=floor, guess=guess,
         )
         f, g = _balance_constant(a, b, f, g)
         resolution = _resolution(f / eps, g / eps, a.detach(), b.detach(), balanced=True)
@@ -1290,7 +1318,7 @@ def sinkhorn(
     scaling: float | str | None = "auto",
     grad: str | Implicit | None = None,
     check_every: int = 10,
-    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    init: tuple[torch.Tensor, torch.Tensor] | str | None = None,
     symmetric: bool = False,
     rho: float | tuple[float | None, float | None] | None = None,
     backend: str = "auto",
@@ -1376,6 +1404,12 @@ def sinkhorn(
             should be the solution at the first annealing value, so warm starts are best used
             without scaling. With ``grad="unroll"`` gradients flow into ``init`` (so a chain of
             warm-started solves is differentiated end to end); otherwise it is detached.
+            ``None`` (the default) starts from zero, except on a :class:`PointCloud` with the
+            squared Euclidean cost (balanced, not symmetric, neither unrolled nor of fixed
+            depth), where each problem that does not anneal starts from the potentials
+            between Gaussian fits of its two clouds (:mod:`._initializers`, OTT-JAX's
+            Gaussian initializer: 14 -> 11 iterations on 2-D Gaussians at n = 1000, eps = 0.1
+            x the mean cost, 61 -> 51 at 0.01). ``"zeros"`` always starts from zero.
         symmetric: the problem is symmetric (``C = C^T``, ``a = b``, as in the self-transport
             terms of a Sinkhorn divergence): use the averaged update ``f <- (f + T(f)) / 2``,
             which converges far faster there, and return ``f = g``. Checked on input.
@@ -1521,8 +1555,11 @@ def sinkhorn(
         )
     if symmetric and rho[0] != rho[1]:
         raise ValueError(f"symmetric=True needs rho_a == rho_b, got rho = {rho}.")
-    if init is not None:
+    guess = _guess(geom, a, b, init, balanced, symmetric, grad, min_iter >= max_iter)
+    if init is not None and not isinstance(init, str):
         init = _check_init(init, bsz, n, m, geom.batched, c, keep_grad=grad == "unroll")
+    else:
+        init = None
     if grad == "unroll":
         ops = DenseSoftmin(c, eps, unroll=True, compiled=False)
         f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
@@ -1536,7 +1573,8 @@ def sinkhorn(
         with torch.no_grad():
             (f, g, n_iter, error, converged, iters, omega, annealed), backend, kernel_counts = (
                 _iterate_kernel(c.detach(), a.detach(), b.detach(), eps, compiled=compiled,
-                                bounds=bounds, init=init, tol=tol, max_iter=max_iter,
+                                bounds=bounds, init=init, guess=guess, tol=tol,
+                                max_iter=max_iter,
                                 min_iter=min_iter, scaling=scaling, check_every=check_every,
                                 symmetric=symmetric, rho=rho, momentum=momentum, floor=floor))
     else:
@@ -1545,7 +1583,7 @@ def sinkhorn(
                                bounds=bounds)
             f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
                 ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
-                check_every, init, symmetric, rho, momentum, floor,
+                check_every, init, symmetric, rho, momentum, floor, guess=guess,
             )
         backend, kernel_counts = ops.backend, None  # "tensorized" if compilation failed
         ops.release()
