@@ -1243,7 +1243,7 @@ def _guess(geom, a, b, init, balanced, symmetric, grad, fixed_depth):
     if (init is not None or not balanced or symmetric or grad == "unroll" or fixed_depth
             or not isinstance(geom, PointCloud) or geom.cost_fn is not _costs.sqeuclidean):
         return None
-    return gaussian_potentials(geom.x, geom.y, a, b)
+    return gaussian_potentials(geom.x, geom.y, a, b, rows=False)
 
 
 def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, scaling, grad,
