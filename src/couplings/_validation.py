@@ -161,10 +161,14 @@ def batch_weights(
             f"got shape {tuple(w.shape)}."
         )
     check_same_dtype_device(cost=like, **{name: w})
-    check_finite(w, name)
-    if bool((w < 0).any()):
-        raise ValueError(f"{name} must be non-negative, got min {float(w.min()):.3g}.")
-    if not allow_zero_mass and bool((w.sum(-1) <= 0).any()):
+    with torch.no_grad():  # the three checks in one read: a sum is finite iff every entry is
+        total, smallest, least_mass = torch.stack(
+            [w.sum(), w.min(), w.sum(-1).min()]).tolist()
+    if not math.isfinite(total):
+        check_finite(w, name)  # says how many entries are not finite
+    if smallest < 0:
+        raise ValueError(f"{name} must be non-negative, got min {smallest:.3g}.")
+    if not allow_zero_mass and not least_mass > 0:
         raise ValueError(f"{name} must have a positive total mass, got a batch entry summing to 0.")
     return w
 

@@ -54,10 +54,10 @@ def _moments(lib, points, weights):
     mean = (w[..., None, :] @ points)[..., 0, :]  # (B, d)
     centred = points - mean[..., None, :]
     cov = (centred * w[..., None]).swapaxes(-2, -1) @ centred
-    size = 1.0 + (w * _rowsum(lib, points * points)).sum(-1)
-    mean, cov, size = (lib.asarray(t, dtype=lib.float64) for t in (mean, cov, size))
-    spread = cov.diagonal(0, -2, -1).mean(-1)
-    ridge = lib.maximum(_RIDGE * spread, _FLOOR * size)
+    mean, cov = (lib.asarray(t, dtype=lib.float64) for t in (mean, cov))
+    spread = cov.diagonal(0, -2, -1).sum(-1)  # E |x - mean|^2
+    size = 1.0 + (mean * mean).sum(-1) + spread  # 1 + E |x|^2
+    ridge = lib.maximum(_RIDGE / cov.shape[-1] * spread, _FLOOR * size)
     return mean, cov + ridge[:, None, None] * lib.eye(cov.shape[-1], dtype=lib.float64)
 
 

@@ -1611,7 +1611,8 @@ def sinkhorn(
             omega=omega, kernel_counts=kernel_counts, annealed=annealed, resolution=resolution,
         )
 
-    if grad == "implicit":
+    if grad == "implicit" and torch.is_grad_enabled() and (
+            c.requires_grad or a.requires_grad or b.requires_grad):
         f, g = _ImplicitSinkhorn.apply(c, a, b, f, g, eps, implicit_opts)
     f, g = _balance_constant(a, b, f, g)
     if grad == "envelope":
