@@ -206,6 +206,30 @@ def test_checks_come_sooner_when_the_rate_predicts_convergence(momentum):
     assert warm.n_iter == 1
 
 
+def test_on_the_cpu_the_rate_measurement_schedules_a_check(monkeypatch):
+    """On the CPU, where reading the errors costs no sync, the rate measured over iterations
+    _RATE_FROM to _RATE_TO also predicts a check, so that a problem that converges before the
+    check scheduled without a rate (1 + check_every) stops within an iteration of the first
+    iteration at tol."""
+    sk = __import__("sys").modules["couplings.solvers.sinkhorn"]
+    seen = []
+    real = sk._check_steps
+
+    def spy(err, base_err, steps, tol, check_every):
+        seen.append(steps.tolist())
+        return real(err, base_err, steps, tol, check_every)
+
+    monkeypatch.setattr(sk, "_check_steps", spy)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 3, generator=g), torch.randn(400, 3, generator=g) * 1.2 + 0.5
+    eps = 0.1 * float(((x[:, None] - y[None]) ** 2).sum(-1).mean())
+    res = sinkhorn(PointCloud(x, y), eps=eps, tol=1e-4)
+    assert [sk._RATE_TO - sk._RATE_FROM] in seen
+    every = sinkhorn(PointCloud(x, y), eps=eps, tol=1e-4, check_every=1, min_iter=1)
+    assert bool(res.converged) and every.n_iter < 11  # sooner than 1 + check_every
+    assert every.n_iter <= res.n_iter <= every.n_iter + 1
+
+
 def test_checks_predict_from_the_last_iterations_before_them(monkeypatch):
     """The error is also read ``_RECENT_SPAN`` iterations before each check, and the next check
     is predicted from the rate over those iterations; in a batch each problem reads its own."""
