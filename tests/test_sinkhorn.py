@@ -206,12 +206,8 @@ def test_checks_come_sooner_when_the_rate_predicts_convergence(momentum):
     assert warm.n_iter == 1
 
 
-def test_on_the_cpu_the_rate_measurement_schedules_a_check(monkeypatch):
-    """On the CPU, where reading the errors costs no sync, the rate measured over iterations
-    _RATE_FROM to _RATE_TO also predicts a check, so that a problem that converges before the
-    check scheduled without a rate (1 + check_every) stops within an iteration of the first
-    iteration at tol."""
-    sk = __import__("sys").modules["couplings.solvers.sinkhorn"]
+def _spy_check_steps(monkeypatch, sk):
+    """Record the ``steps`` (iterations since the base error) of every check prediction."""
     seen = []
     real = sk._check_steps
 
@@ -220,6 +216,16 @@ def test_on_the_cpu_the_rate_measurement_schedules_a_check(monkeypatch):
         return real(err, base_err, steps, tol, check_every)
 
     monkeypatch.setattr(sk, "_check_steps", spy)
+    return seen
+
+
+def test_on_the_cpu_the_rate_measurement_schedules_a_check(monkeypatch):
+    """On the CPU, where reading the errors costs no sync, the rate measured over iterations
+    _RATE_FROM to _RATE_TO also predicts a check, so that a problem that converges before the
+    check scheduled without a rate (1 + check_every) stops within an iteration of the first
+    iteration at tol."""
+    sk = __import__("sys").modules["couplings.solvers.sinkhorn"]
+    seen = _spy_check_steps(monkeypatch, sk)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(400, 3, generator=g), torch.randn(400, 3, generator=g) * 1.2 + 0.5
     eps = 0.1 * float(((x[:, None] - y[None]) ** 2).sum(-1).mean())
@@ -234,14 +240,7 @@ def test_checks_predict_from_the_last_iterations_before_them(monkeypatch):
     """The error is also read ``_RECENT_SPAN`` iterations before each check, and the next check
     is predicted from the rate over those iterations; in a batch each problem reads its own."""
     sk = __import__("sys").modules["couplings.solvers.sinkhorn"]
-    seen = []
-    real = sk._check_steps
-
-    def spy(err, base_err, steps, tol, check_every):
-        seen.append(steps.tolist())
-        return real(err, base_err, steps, tol, check_every)
-
-    monkeypatch.setattr(sk, "_check_steps", spy)
+    seen = _spy_check_steps(monkeypatch, sk)
     _, _, a, b, c = random_problem(30, 40, seed=11, batch=4)
     eps = torch.tensor([0.3, 0.1, 0.05, 0.02], dtype=c.dtype)[:, None, None]
     opts = dict(eps=1.0, tol=1e-8, max_iter=5000)
