@@ -1,11 +1,12 @@
 """The Gaussian initializer: its potentials, and the solver's use of them."""
 
+import numpy as np
 import pytest
 import torch
 
 from couplings import PointCloud, sinkhorn
 from couplings.maps import bures_wasserstein_distance
-from couplings.solvers._initializers import gaussian_potentials
+from couplings.solvers._initializers import _potentials, gaussian_potentials
 
 
 def _clouds(seed, n=300, m=250, d=2, dtype=torch.float64):
@@ -101,3 +102,20 @@ def test_an_unknown_init_string_is_an_error():
     x, y = _clouds(7, n=10, m=12)
     with pytest.raises(ValueError, match="init must be one of"):
         sinkhorn(PointCloud(x, y), eps=0.5, init="gaussian-ish")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_torch_arithmetic_of_other_devices_equals_the_numpy_one(dtype):
+    """Off the CPU the fit runs in torch; on the CPU in numpy: the same numbers."""
+    x, y = _clouds(9, n=50, m=40, dtype=dtype)
+    a = torch.rand(2, 50, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    a[1, :5] = 0.0  # padding
+    b = torch.full((2, 40), 1 / 40, dtype=dtype)
+    xs, ys = torch.stack([x, 2 * x]), torch.stack([y, y - 1])
+    for rows in (True, False):
+        f_t, g_t = _potentials(torch, xs, ys, a, b, rows=rows)
+        f_n, g_n = _potentials(np, xs.numpy(), ys.numpy(), a.numpy(), b.numpy(), rows=rows)
+        tol = 1e-4 if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(f_t, torch.from_numpy(f_n), rtol=tol, atol=tol)
+        torch.testing.assert_close(g_t, torch.from_numpy(g_n), rtol=tol, atol=tol)
+        assert f_t.dtype == g_t.dtype == dtype
