@@ -39,7 +39,10 @@ from . import _native, _scratch
 EXP_FLOOR = -80.0
 
 def safe_log(w: torch.Tensor) -> torch.Tensor:
-    """``log(w)`` with ``-inf`` at zeros and a zero (not NaN) gradient there."""
+    """``log(w)`` of non-negative weights, with ``-inf`` at zeros and a zero (not NaN) gradient
+    there (where no gradient is recorded, ``log`` alone gives the same values)."""
+    if not (w.requires_grad and torch.is_grad_enabled()):
+        return torch.log(w)
     pos = w > 0
     return torch.where(pos, torch.log(torch.where(pos, w, torch.ones_like(w))), -math.inf)
 

@@ -455,7 +455,9 @@ def _iterate(
         if symmetric:
             u = v = 0.5 * (u + lam_a * ops.row(u, b, log_b)) * ratio
         else:
-            u = lam_a * ops.row(v, b, log_b) * ratio
+            u = ops.row(v, b, log_b)
+            if lam_a != 1.0 or ratio != 1.0:  # (balanced, at eps itself: u as it is)
+                u = lam_a * u * ratio
         if waiting is not None:  # potentials in units of eps: a waiting one is only rescaled
             u = torch.where(waiting, u_old * ratio, u)
             v = u if symmetric else v
