@@ -158,3 +158,30 @@ def test_gradients_reach_points_and_are_float32_finite():
                        grad=mode)
         res.value.backward()
         assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+def test_an_ill_conditioned_float32_adjoint_is_solved_in_float64():
+    """Where Sinkhorn contracts slowly the float32 Schur complement of the implicit backward
+    can fail its Cholesky factorization (here two problems of this batch did), and a float32 LU
+    then failed too (MKL rejected its own pivots): the dense adjoint is solved in float64, and
+    the gradient matches the one of the float64 problem (on two threads, as it failed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _ill_conditioned_batch_gradients()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ill_conditioned_batch_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 300, 2, generator=g)
+    y = torch.randn(16, 300, 2, generator=g) + 1.0
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        xs = x.to(dtype).clone().requires_grad_(True)
+        res = sinkhorn(PointCloud(xs, y.to(dtype)), eps=0.3, tol=1e-4)
+        res.value.sum().backward()
+        grads.append(xs.grad.double())
+    assert bool(torch.isfinite(grads[0]).all())
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=2e-3 * float(grads[1].abs().max()))

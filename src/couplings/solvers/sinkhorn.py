@@ -805,7 +805,17 @@ def _adjoint(kernel, a, b, grad_f, grad_g, opts: Implicit):
         chol, info = torch.linalg.cholesky_ex(s)
         if bool((info == 0).all()):
             return torch.cholesky_solve(schur_rhs.unsqueeze(-1), chol).squeeze(-1)
-        return torch.linalg.solve(s, schur_rhs)
+        # S is positive semi-definite with a rank-one fix, but where Sinkhorn contracts slowly
+        # its smallest eigenvalue is near the rounding of float32 and the factorization can
+        # fail; a float32 LU then failed too (MKL rejected its own pivots on a batch of
+        # 16 x 300 x 300, eps 0.05 x the mean cost), so solve in float64
+        s64, rhs64 = s.double(), schur_rhs.double()
+        chol, info = torch.linalg.cholesky_ex(s64)
+        if bool((info == 0).all()):
+            out = torch.cholesky_solve(rhs64.unsqueeze(-1), chol).squeeze(-1)
+        else:
+            out = torch.linalg.lstsq(s64, rhs64.unsqueeze(-1)).solution.squeeze(-1)
+        return out.to(s.dtype)
 
     use_dense = opts.solver == "dense" or (opts.solver == "auto" and n <= opts.dense_max)
     if use_dense:
