@@ -19,6 +19,19 @@
 #define COL_MIN 64    /* fewest columns per task of a column product */
 #define PARALLEL_FROM 32768L /* entries of work from which a loop runs on several threads */
 
+/* e^r - 1 by its degree-7 Taylor polynomial r (1 + r (1/2! + ... + r 1/7!)) in Horner form:
+ * below 3e-8 relative truncation for |r| <= ln 2 / 2, the range exp_f32 reduces to */
+static inline float expm1_taylor_f32(float r) {
+    float p = 1.98412698e-4f; /* 1/7! ... 1/2!, 1 */
+    p = p * r + 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    return p * r;
+}
+
 /* exp(x) in float32 for the kernel's entries and weights, written so that the compiler
  * vectorizes the loops that call it (glibc's expf is a scalar call): x = k ln 2 + r with
  * |r| <= ln 2 / 2 (ln 2 split in two parts, exact products), e^r by its degree-7 Taylor
@@ -32,14 +45,7 @@ static inline float exp_f32(float x) {
     float k = __builtin_rintf(c * 1.44269504088896341f);
     float r = c - k * 0.693145751953125f; /* ln 2 = 0.693145751953125 + 1.428606820e-6 */
     r = r - k * 1.428606820309417e-6f;
-    float p = 1.98412698e-4f;             /* 1/7! ... 1/2!, then 1 + r (1 + ...) */
-    p = p * r + 1.38888889e-3f;
-    p = p * r + 8.33333333e-3f;
-    p = p * r + 4.16666667e-2f;
-    p = p * r + 1.66666667e-1f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float p = expm1_taylor_f32(r) + 1.0f;
     union { int i; float f; } two_k = {.i = ((int)k + 127) << 23};
     float e = p * two_k.f;
     e = x > hi_limit ? INFINITY : e;
@@ -74,19 +80,10 @@ static inline float log_f32(float x) {
 }
 
 /* exp(x) - 1 in float32 without the cancellation of exp_f32(x) - 1 near 0: the Taylor
- * polynomial to x^8 where |x| <= 0.35 (truncation below 7e-10 relative), else
- * exp_f32(x) - 1 (within 3e-7 relative there, as e^x - 1 is at least 0.29 in size). */
+ * polynomial of exp_f32 where |x| <= 0.34 (within ln 2 / 2; truncation below 2e-8 relative),
+ * else exp_f32(x) - 1 (within 3e-7 relative there, as e^x - 1 is at least 0.28 in size). */
 static inline float expm1_f32(float x) {
-    float p = 2.48015873e-5f; /* 1/8! ... 1/2!, then x (1 + x (...)) */
-    p = p * x + 1.98412698e-4f;
-    p = p * x + 1.38888889e-3f;
-    p = p * x + 8.33333333e-3f;
-    p = p * x + 4.16666667e-2f;
-    p = p * x + 1.66666667e-1f;
-    p = p * x + 0.5f;
-    p = p * x + 1.0f;
-    float small = p * x;
-    return x <= 0.35f && x >= -0.35f ? small : exp_f32(x) - 1.0f;
+    return x <= 0.34f && x >= -0.34f ? expm1_taylor_f32(x) : exp_f32(x) - 1.0f;
 }
 
 /* the columns per task of a column pass over B matrices of m columns on nt threads: as few
