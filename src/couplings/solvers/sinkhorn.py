@@ -534,6 +534,9 @@ def _iterate(
     recent_iter = book.full(bsz, -1, "long")
     read_at: set[int] = set()
 
+    def reads(dues):  # the batch iterations at which to read the errors for checks at dues
+        return {d - _RECENT_SPAN for d in dues if d - _RECENT_SPAN > n_iter}
+
     def omega_of(like):  # (B,) the over-relaxation of each problem computed, 1 when plain
         return like.new_ones(like.shape[0]) if omega is None else omega.squeeze(-1).detach()
 
@@ -594,8 +597,7 @@ def _iterate(
                                 recent_err = bk.where(sooner, now_err, recent_err)
                                 recent_iter = bk.where(sooner, n_iter, recent_iter)
                                 _, next_check, dues = book.schedule(active, due_at, limit)
-                                read_at |= {d - _RECENT_SPAN for d in dues
-                                            if d - _RECENT_SPAN > n_iter}
+                                read_at = reads(dues)
         if omega is not None and eta is not None and (k == _REFINE_FROM or k in refine_at):
             with torch.no_grad():  # no sync either
                 err_now = full_error()
@@ -658,7 +660,7 @@ def _iterate(
                 prev_err = bk.where(due, err, prev_err)
                 prev_iter = bk.where(due, n_iter, prev_iter)
                 n_active, next_check, dues = book.schedule(active, due_at, limit)
-            read_at = {d - _RECENT_SPAN for d in dues if d - _RECENT_SPAN > n_iter}
+            read_at = reads(dues)
             if n_active == 0:
                 break
             everyone = n_active == active.shape[0]
@@ -725,8 +727,7 @@ def _iterate(
                                      zip(whole, (u, v, error, iters, omega), strict=True))
         if symmetric:
             v = u
-    lag = torch.zeros(bsz, dtype=torch.long, device=a.device) if offset is None else (
-        offset.to(a.device))
+    lag = book.give(lag)  # (the whole batch's: never compacted)
     annealed = n_anneal - lag  # K_p, 0 without annealing
     if offset is not None:  # each problem's own iterations, without the ones it waited
         iters = iters - lag
@@ -1098,6 +1099,11 @@ def _cpu_group(cost: torch.Tensor, matrices: int = 1) -> int:
     return max(1, min(bsz, _CPU_GROUP_ENTRIES // max(1, matrices * n * m)))
 
 
+def _part(pair, part: slice):
+    """A pair of per-problem tensors (or ``None``) restricted to the problems ``part``."""
+    return None if pair is None else tuple(x[part] for x in pair)
+
+
 def _iterate_kernel(cost, a, b, eps, *, compiled, init, bounds=None, guess=None, **options):
     """:func:`_iterate` (``options``: its loop options) on the ``"kernel"`` backend; returns
     its outputs, the backend that ran and the kernel's counts (summed over groups).
@@ -1118,11 +1124,9 @@ def _iterate_kernel(cost, a, b, eps, *, compiled, init, bounds=None, guess=None,
     parts, counts, backend = [], {}, "kernel"
     for lo in range(0, bsz, group):
         part = slice(lo, lo + group)
-        ops = KernelSoftmin(cost[part], eps, compiled=compiled,
-                            bounds=None if bounds is None else tuple(x[part] for x in bounds))
-        start = None if init is None else (init[0][part], init[1][part])
-        parts.append(_iterate(ops, a[part], b[part], eps, init=start, **options,
-                              guess=None if guess is None else (guess[0][part], guess[1][part])))
+        ops = KernelSoftmin(cost[part], eps, compiled=compiled, bounds=_part(bounds, part))
+        parts.append(_iterate(ops, a[part], b[part], eps, init=_part(init, part),
+                              guess=_part(guess, part), **options))
         for key, value in ops.counts().items():
             counts[key] = counts.get(key, 0) + value
         backend = ops.backend
@@ -1264,18 +1268,24 @@ def _online_only(what: str):
     return fail
 
 
-def _guess(geom, a, b, init, balanced, symmetric, grad, fixed_depth):
-    """The Gaussian initializer's potentials (:mod:`._initializers`) where the solve starts
-    from them: ``init=None`` on a point cloud with the squared Euclidean cost, balanced, not
-    symmetric (its potentials would be constant), and neither unrolled nor of fixed depth (a
-    layer of textbook iterations from zero); else ``None``. ``init="zeros"`` opts out."""
+def _starting_point(init, geom, a, b, like, *, balanced, symmetric, grad, fixed_depth,
+                    keep_grad=False):
+    """The solve's start: ``(init, guess)``, a checked warm start ``init`` (:func:`_check_init`)
+    or ``None``, and the Gaussian initializer's potentials (:mod:`._initializers`) where the
+    solve starts from them: ``init=None`` on a point cloud with the squared Euclidean cost,
+    balanced, not symmetric (its potentials would be constant), and neither unrolled nor of
+    fixed depth (a layer of textbook iterations from zero); else ``None``. ``init="zeros"``
+    opts out."""
     if isinstance(init, str):
         check_choice(init, "init", ("zeros",))
-        return None
-    if (init is not None or not balanced or symmetric or grad == "unroll" or fixed_depth
+        return None, None
+    bsz, n, m = geom.shape
+    if init is not None:
+        return _check_init(init, bsz, n, m, geom.batched, like, keep_grad=keep_grad), None
+    if (not balanced or symmetric or grad == "unroll" or fixed_depth
             or not isinstance(geom, PointCloud) or geom.cost_fn is not _costs.sqeuclidean):
-        return None
-    return gaussian_potentials(geom.x, geom.y, a, b, rows=False)
+        return None, None
+    return None, gaussian_potentials(geom.x, geom.y, a, b, rows=False)
 
 
 def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, scaling, grad,
@@ -1290,11 +1300,8 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
     check_finite(y, "y")
     if symmetric and not (n == m and torch.equal(a, b) and torch.equal(x, y)):
         raise ValueError("symmetric=True needs y = x and a == b with backend='online'.")
-    guess = _guess(geom, a, b, init, True, symmetric, grad, min_iter >= max_iter)
-    if init is not None and not isinstance(init, str):
-        init = _check_init(init, bsz, n, m, geom.batched, x)
-    else:
-        init = None
+    init, guess = _starting_point(init, geom, a, b, x, balanced=True, symmetric=symmetric,
+                                  grad=grad, fixed_depth=min_iter >= max_iter)
     sq = geom.cost_name == "sqeuclidean"
     with torch.no_grad():
         ops = OnlineSoftmin(x.detach(), y.detach(), geom.cost_fn, eps, sqeuclidean=sq)
@@ -1587,11 +1594,9 @@ def sinkhorn(
         )
     if symmetric and rho[0] != rho[1]:
         raise ValueError(f"symmetric=True needs rho_a == rho_b, got rho = {rho}.")
-    guess = _guess(geom, a, b, init, balanced, symmetric, grad, min_iter >= max_iter)
-    if init is not None and not isinstance(init, str):
-        init = _check_init(init, bsz, n, m, geom.batched, c, keep_grad=grad == "unroll")
-    else:
-        init = None
+    init, guess = _starting_point(init, geom, a, b, c, balanced=balanced, symmetric=symmetric,
+                                  grad=grad, fixed_depth=min_iter >= max_iter,
+                                  keep_grad=grad == "unroll")
     if grad == "unroll":
         ops = DenseSoftmin(c, eps, unroll=True, compiled=False)
         f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
