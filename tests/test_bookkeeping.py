@@ -8,8 +8,7 @@ from couplings import PointCloud, sinkhorn
 from couplings.solvers import _bookkeeping
 
 
-@pytest.fixture
-def torch_bookkeeping(monkeypatch):
+def _force_torch(monkeypatch):
     """Force the bookkeeping a GPU solve uses (torch tensors on the device) on the CPU."""
     original = _bookkeeping.Bookkeeping.__init__
 
@@ -18,6 +17,11 @@ def torch_bookkeeping(monkeypatch):
         self.host, self.xp = False, torch
 
     monkeypatch.setattr(_bookkeeping.Bookkeeping, "__init__", init)
+
+
+@pytest.fixture
+def torch_bookkeeping(monkeypatch):
+    _force_torch(monkeypatch)
 
 
 def _batch():
@@ -48,13 +52,7 @@ def test_with_the_torch_bookkeeping_a_batch_equals_its_problems_alone(torch_book
 
 def test_the_two_bookkeepings_agree(monkeypatch):
     host = _solve()
-    original = _bookkeeping.Bookkeeping.__init__
-
-    def init(self, like):
-        original(self, like)
-        self.host, self.xp = False, torch
-
-    monkeypatch.setattr(_bookkeeping.Bookkeeping, "__init__", init)
+    _force_torch(monkeypatch)
     device = _solve()
     # the CPU's numpy bookkeeping also schedules a check from the rate over iterations 4-8,
     # which the device's does not (it would cost a sync): each problem stops no later, and at
