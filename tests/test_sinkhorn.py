@@ -206,6 +206,23 @@ def test_checks_come_sooner_when_the_rate_predicts_convergence(momentum):
     assert warm.n_iter == 1
 
 
+@pytest.mark.parametrize("momentum", [1.0, "auto"])
+def test_on_the_cpu_each_problem_stops_at_its_first_iteration_at_tol(momentum):
+    """On the CPU the errors are read at every iteration (no sync), so the scheduled checks
+    do not decide where a problem stops: every problem of a batch stops where checks at every
+    iteration stop it, and none before min_iter."""
+    _, _, a, b, c = random_problem(30, 40, seed=11, batch=4)
+    eps = torch.tensor([0.3, 0.1, 0.05, 0.02], dtype=c.dtype)[:, None, None]
+    opts = dict(eps=1.0, tol=1e-8, max_iter=5000, momentum=momentum)
+    every = sinkhorn(c / eps, a, b, check_every=1, **opts)
+    scheduled = sinkhorn(c / eps, a, b, **opts)
+    assert len(set(every.n_iter_per_problem.tolist())) == 4
+    assert torch.equal(scheduled.n_iter_per_problem, every.n_iter_per_problem)
+    torch.testing.assert_close(scheduled.f, every.f, rtol=0, atol=0)
+    late = sinkhorn(c / eps, a, b, min_iter=int(every.n_iter_per_problem.max()) + 5, **opts)
+    assert bool((late.n_iter_per_problem == every.n_iter_per_problem.max() + 5).all())
+
+
 def _spy_check_steps(monkeypatch, sk):
     """Record the ``steps`` (iterations since the base error) of every check prediction."""
     seen = []

@@ -115,6 +115,7 @@ from ._validation import (
 from .geometry import as_geometry
 from .result import OTResult
 from .solvers import _softmin
+from .solvers._initializers import gaussian_potentials
 from .solvers._softmin import DenseSoftmin, Softmin
 from .solvers.sinkhorn import (
     AUTO_COMPILED_ENTRIES,
@@ -122,6 +123,7 @@ from .solvers.sinkhorn import (
     _check_loop_options,
     _check_momentum,
     _check_rho,
+    _guesses,
     _iterate,
     _phi,
     _plan,
@@ -454,6 +456,10 @@ def sinkhorn(
         b = batch_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
         if init is not None:
             init = _check_init(init, bsz, n_local, m, geom.batched, c)
+        # as in one process: a point cloud starts from the Gaussian initializer, whose fit of
+        # the rows' cloud is reduced over the ranks
+        guesses = init is None and _guesses(geom, balanced=balanced, symmetric=False, grad=grad,
+                                            fixed_depth=min_iter >= max_iter)
     except (TypeError, ValueError) as err:
         failure = err
     _agree(failure, device, group)
@@ -466,6 +472,7 @@ def sinkhorn(
         "rho_a": -1.0 if math.isinf(rho[0]) else rho[0],
         "rho_b": -1.0 if math.isinf(rho[1]) else rho[1],
         "momentum": -1.0 if momentum == "adaptive" else momentum,
+        "Gaussian start": float(guesses),
     }
     # b is replicated: at least its masses must agree (they decide the balanced mass check)
     options.update({f"sum(b[{k}])": s for k, s in enumerate(b.sum(-1).tolist())})
@@ -490,11 +497,14 @@ def sinkhorn(
         backend = ("compiled" if bsz * n_local * m >= AUTO_COMPILED_ENTRIES
                    and _softmin.compile_available() else "tensorized")
     with torch.no_grad():
+        guess = None if not guesses else gaussian_potentials(
+            geom.x, geom.y, a_rows, b, eps=eps, rows=False,
+            reduce=lambda t: _all_reduce(t, dist.ReduceOp.SUM, group))
         inner = DenseSoftmin(c.detach(), eps, unroll=False, compiled=backend == "compiled")
         ops = ShardedSoftmin(inner, group)
         f, g, n_iter, error, converged, iters, omega, annealed = _iterate(
             ops, a_rows.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling,
-            check_every, init, False, rho, momentum,
+            check_every, init, False, rho, momentum, guess=guess,
         )
         if balanced:  # fix the additive constant: <a, f> = <b, g> over all rows
             af = _all_reduce((a_rows * f).sum(-1), dist.ReduceOp.SUM, group)

@@ -1,28 +1,42 @@
 r"""Starting potentials for Sinkhorn on point clouds: the Gaussian initializer.
 
-For the cost :math:`\|x - y\|^2` the optimal potentials between two Gaussians are quadratic.
-With the Monge map :math:`T(x) = m_1 + A (x - m_0)` between the Gaussian fits
-:math:`\mathcal N(m_0, \Sigma_0)` of the weighted points ``x`` and :math:`\mathcal N(m_1,
-\Sigma_1)` of ``y`` (:mod:`couplings.maps.gaussian`), the Brenier potential
-:math:`\varphi(x) = \tfrac12 (x - m_0)^T A (x - m_0) + m_1^T x` has :math:`\nabla\varphi = T`,
-its conjugate is :math:`\varphi^*(y) = \tfrac12 (y - m_1)^T A^{-1} (y - m_1) + m_0^T (y - m_1)`,
-and
+For the cost :math:`\|x - y\|^2` the potentials between two Gaussians are quadratic, both for
+unregularized OT and for entropic OT at any eps (the entropic plan between Gaussians is
+Gaussian). With the Gaussian fits :math:`\mathcal N(m_0, \Sigma_0)` of the weighted points
+``x`` and :math:`\mathcal N(m_1, \Sigma_1)` of ``y``,
 
 .. math::
 
-    f(x) = \|x\|^2 - 2 \varphi(x), \qquad g(y) = \|y\|^2 - 2 \varphi^*(y)
+    f(x) = \|x\|^2 - 2 m_1^T x - (x - m_0)^T Q_0 (x - m_0), \qquad
+    g(y) = \|y\|^2 - 2 m_0^T y - (y - m_1)^T Q_1 (y - m_1)
 
-are Kantorovich potentials of the Gaussians (:math:`f \oplus g \le C`, with equality along
-:math:`T`). For clouds that are roughly Gaussian they are near the entropic potentials at a
-small eps, and a solve started from them needs fewer iterations than from zero (measured,
-n = m = 1000, float32, tol 1e-4, eps = 0.1 and 0.01 times the mean cost: 2-D and 3-D
-Gaussians 14 -> 11, 12 -> 11, 61 -> 51, 60 -> 49; 2-D and 3-D shapes 19 -> 12, 12 -> 11,
-65 -> 51, 47 -> 46; N(0, I) against a uniform box, three seeds each, 11-14 -> 11 and
-49-57 -> 40-51 iterations). An annealed solve gained nothing consistent (five of six problems
-at 0.001 x the mean cost: 285-676 iterations against 284-596, three of them more), so the
-solver uses the guess only for problems that do not anneal. This is the ``GaussianInitializer``
-of OTT-JAX (Thornton and Cuturi, "Rethinking Initialization of the Sinkhorn Algorithm",
-AISTATS 2023).
+up to constants, where :math:`Q_1` (:func:`_curvature`) is the Monge map's matrix from the
+``y`` fit to the ``x`` fit at ``eps = 0`` (the Brenier potential, as in OTT-JAX's
+``GaussianInitializer``; Thornton and Cuturi, "Rethinking Initialization of the Sinkhorn
+Algorithm", AISTATS 2023) and its entropic counterpart at ``eps > 0`` (the closed form of
+entropic OT between Gaussians; Janati, Muzellec, Peyre and Cuturi, NeurIPS 2020, and Mallasto
+et al. 2021). The solver uses the entropic one at the problem's eps.
+
+For clouds that are roughly Gaussian a solve started from them needs fewer iterations than
+from zero. Iterations to ``tol = 1e-4``, float32, n = m = 1000, the benchmark's 2-D and 3-D
+Gaussians and shapes, three seeds each (12 problems), each stopping at its first iteration at
+``tol``, summed over the problems:
+
+====================  =====  =====  =====  =====  =====
+eps / mean cost       1      0.3    0.1    0.03   0.01
+====================  =====  =====  =====  =====  =====
+Brenier (eps = 0)     70     95     123    290    626
+entropic              20     67     107    276    586
+====================  =====  =====  =====  =====  =====
+
+(at 0.1, the six Gaussians 9-10 -> 7-8 iterations, the shapes unchanged; a few problems take
+more: one 2-D Gaussian at 0.01, 37 -> 47, one 3-D at 0.03, 17 -> 20, and one 2-D shape at
+0.03, 28 -> 29; the sums fall at every eps). Before the entropic form, the Brenier
+potentials against zero: 2-D and 3-D Gaussians 14 -> 11, 12 -> 11 at 0.1 and 61 -> 51,
+60 -> 49 at 0.01 (stopping at the scheduled checks). An annealed solve gained
+nothing consistent from the Brenier start (five of six problems at 0.001 x the mean cost:
+285-676 iterations against 284-596, three of them more), so the solver uses the guess only for
+problems that do not anneal.
 
 Example:
     >>> import torch
@@ -47,13 +61,16 @@ __all__ = ["gaussian_potentials"]
 _RIDGE, _FLOOR = 1e-6, 1e-12
 
 
-def _moments(lib, points, weights):
+def _moments(lib, points, weights, reduce=None):
     """Weighted mean ``(B, d)`` and covariance ``(B, d, d)`` of ``points`` ``(B, n, d)``, in
-    float64, with the ridge above (``lib``: numpy or torch, the arrays' module)."""
-    w = weights / weights.sum(-1)[..., None]
-    mean = (w[..., None, :] @ points)[..., 0, :]  # (B, d)
+    float64, with the ridge above (``lib``: numpy or torch, the arrays' module). ``reduce``
+    (torch only) sums a tensor over the holders of the other rows of ``points`` (the ranks of
+    a sharded solve); the moments are then those of all the rows."""
+    reduce = reduce or (lambda t: t)
+    mass = reduce(weights.sum(-1))[..., None]  # (B, 1)
+    mean = reduce((weights[..., None, :] @ points)[..., 0, :]) / mass  # (B, d)
     centred = points - mean[..., None, :]
-    cov = (centred * w[..., None]).swapaxes(-2, -1) @ centred
+    cov = reduce((centred * weights[..., None]).swapaxes(-2, -1) @ centred) / mass[..., None]
     mean, cov = (lib.asarray(t, dtype=lib.float64) for t in (mean, cov))
     spread = cov.diagonal(0, -2, -1).sum(-1)  # E |x - mean|^2
     size = 1.0 + (mean * mean).sum(-1) + spread  # 1 + E |x|^2
@@ -83,44 +100,77 @@ def _quadratic(lib, points, q, lin, const):
 
 
 def gaussian_potentials(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
-                        rows: bool = True):
-    """The potentials ``(f, g)`` ``(B, n)``, ``(B, m)`` of the squared Euclidean OT between the
+                        eps: float = 0.0, rows: bool = True, reduce=None):
+    r"""The potentials ``(f, g)`` ``(B, n)``, ``(B, m)`` of the squared Euclidean OT between the
     Gaussian fits of the weighted clouds ``x`` ``(B, n, d)`` (weights ``a`` ``(B, n)``) and
-    ``y`` ``(B, m, d)`` (``b``), in ``x``'s dtype (the fits' linear algebra in float64),
-    detached; zeros for a problem where they are not finite. Zero weights leave their points
-    out of the fits (their potentials are still given). ``rows=False`` leaves ``f`` at zero
-    (a solve starts from ``g`` alone: its first update is the rows').
+    ``y`` ``(B, m, d)`` (``b``), entropic with regularization ``eps`` (0: unregularized), in
+    ``x``'s dtype (the fits' linear algebra in float64), detached; zeros for a problem where
+    they are not finite. Zero weights leave their points out of the fits (their potentials are
+    still given). ``rows=False`` leaves ``f`` at zero (a solve starts from ``g`` alone: its
+    first update is the rows').
 
-    With :math:`A^{-1}` the inverse map's matrix, both are quadratics:
-    :math:`f(x) = x^T (I - A) x + 2 x^T (A m_0 - m_1) - m_0^T A m_0` and
-    :math:`g(y) = y^T (I - A^{-1}) y + 2 y^T (A^{-1} m_1 - m_0) - m_1^T A^{-1} m_1
-    + 2 m_0^T m_1`. On the CPU the arithmetic runs in numpy, whose operations on these small
-    arrays cost a fraction of torch's (about 50 of them: about 120 against 380 us at n = 30,
-    both potentials)."""
-    host = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    Both are quadratics, :math:`g(y) = \|y\|^2 - 2 m_0^T y - (y - m_1)^T Q_1 (y - m_1)
+    + 2 m_0^T m_1` and :math:`f(x) = \|x\|^2 - 2 m_1^T x - (x - m_0)^T Q_0 (x - m_0)`, with
+    :math:`Q_1` from :func:`_curvature` (:math:`Q_0` the same with the clouds' roles
+    exchanged). At ``eps = 0``, :math:`Q_1` is the matrix of the Monge map from ``y``'s fit to
+    ``x``'s, and the pair is dual feasible with equality on the map's graph. At ``eps > 0``
+    the constants are not the entropic problem's (a solve's first update sets them). On the
+    CPU the arithmetic runs in numpy, whose operations on these small arrays cost a fraction
+    of torch's (about 50 of them: about 120 against 380 us at n = 30, both potentials).
+
+    ``reduce`` (a sharded solve, where ``x`` and ``a`` are this rank's rows): sums a tensor
+    over the ranks, so that ``x``'s fit is that of all the rows (two all-reduces)."""
+    host = (reduce is None and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64))
     tensors = [t.detach() for t in (x, y, a, b)]
     if not host:
-        return _potentials(torch, *tensors, rows=rows)
-    f, g = _potentials(np, *(t.numpy() for t in tensors), rows=rows)
+        return _potentials(torch, *tensors, eps=eps, rows=rows, reduce=reduce)
+    f, g = _potentials(np, *(t.numpy() for t in tensors), eps=eps, rows=rows)
     return torch.from_numpy(f), torch.from_numpy(g)
 
 
-def _potentials(lib, x, y, a, b, *, rows: bool):
+def _curvature(lib, s_from, s_to, eps: float):
+    r""":math:`Q` ``(B, d, d)`` of the potential on the side of covariance ``s_to``:
+    :math:`Q = R\, V h(M) V^T R - \tfrac{\varepsilon}{2} \Sigma_{to}^{-1}` with
+    :math:`R = \Sigma_{from}^{1/2}`, :math:`R \Sigma_{to} R = V \mathrm{diag}(\mu) V^T` and
+    :math:`h(\mu) = (\sqrt{\delta^2 + 4\mu} + \delta) / (2\mu)`, :math:`\delta =
+    \varepsilon / 2`.
+
+    Derivation: the entropic plan between Gaussians is Gaussian, and
+    :math:`\log \pi(x, y) - \log \alpha(x) - \log \beta(y) = (f(x) + g(y) - \|x - y\|^2)
+    / \varepsilon` makes the cross block of its precision :math:`-(2/\varepsilon) I`. With
+    :math:`S` the conditional covariance of ``y`` given ``x`` (the Schur complement), the
+    cross covariance is :math:`(2/\varepsilon) \Sigma_{from} S`, and :math:`S` solves
+    :math:`(2/\varepsilon)^2 S \Sigma_{from} S + S = \Sigma_{to}`; in the variable
+    :math:`Z = R S R` this is a scalar quadratic per eigenvalue of :math:`R \Sigma_{to} R`,
+    whose root gives :math:`(\varepsilon / 2) S^{-1} = R V h V^T R`. The potential's
+    quadratic part is :math:`-\tfrac{\varepsilon}{2} (S^{-1} - \Sigma_{to}^{-1})`. At
+    ``eps = 0``, :math:`h = \mu^{-1/2}` and :math:`Q` is the Monge map's matrix (the
+    Bures-Wasserstein one), as OTT-JAX's Gaussian initializer uses.
+    """
+    root, _ = _sqrt_and_inverse(lib, s_from)
+    mu, vec = lib.linalg.eigh(root @ s_to @ root)
+    mu = lib.clip(mu, 1e-300, None)
+    delta = 0.5 * eps
+    h = (lib.sqrt(delta * delta + 4 * mu) + delta) / (2 * mu)
+    q = root @ (vec * h[..., None, :]) @ vec.swapaxes(-2, -1) @ root
+    return q - delta * lib.linalg.inv(s_to) if eps > 0 else q
+
+
+def _potentials(lib, x, y, a, b, *, eps: float = 0.0, rows: bool = True, reduce=None):
     """:func:`gaussian_potentials` on arrays of ``lib`` (numpy or torch)."""
-    m0, s0 = _moments(lib, x, a)
+    m0, s0 = _moments(lib, x, a, reduce)
     m1, s1 = _moments(lib, y, b)
-    r0, r0_inv = _sqrt_and_inverse(lib, s0)
-    middle, middle_inv = _sqrt_and_inverse(lib, r0 @ s1 @ r0)
     eye = lib.eye(m0.shape[-1], dtype=lib.float64)
-    a_inv = r0 @ middle_inv @ r0
     m0c, m1c = m0[..., None], m1[..., None]  # (B, d, 1)
-    g = _quadratic(lib, y, eye - a_inv, 2 * (a_inv @ m1c - m0c),
-                   ((2 * m0c - a_inv @ m1c) * m1c).sum((-2, -1))[..., None])
+    q1 = _curvature(lib, s0, s1, eps)
+    g = _quadratic(lib, y, eye - q1, 2 * (q1 @ m1c - m0c),
+                   ((2 * m0c - q1 @ m1c) * m1c).sum((-2, -1))[..., None])
     ok = lib.isfinite(g).all(-1)[..., None]
     if rows:
-        a_map = r0_inv @ middle @ r0_inv
-        f = _quadratic(lib, x, eye - a_map, 2 * (a_map @ m0c - m1c),
-                       -(m0c * (a_map @ m0c)).sum((-2, -1))[..., None])
+        q0 = _curvature(lib, s1, s0, eps)
+        f = _quadratic(lib, x, eye - q0, 2 * (q0 @ m0c - m1c),
+                       -(m0c * (q0 @ m0c)).sum((-2, -1))[..., None])
         ok = ok & lib.isfinite(f).all(-1)[..., None]
     else:
         f = lib.zeros(x.shape[:-1], dtype=x.dtype) if lib is np else x.new_zeros(x.shape[:-1])
