@@ -131,30 +131,28 @@ def gaussian_potentials(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: to
 
 def _curvature(lib, s_from, s_to, eps: float):
     r""":math:`Q` ``(B, d, d)`` of the potential on the side of covariance ``s_to``:
-    :math:`Q = R\, V h(M) V^T R - \tfrac{\varepsilon}{2} \Sigma_{to}^{-1}` with
-    :math:`R = \Sigma_{from}^{1/2}`, :math:`R \Sigma_{to} R = V \mathrm{diag}(\mu) V^T` and
-    :math:`h(\mu) = (\sqrt{\delta^2 + 4\mu} + \delta) / (2\mu)`, :math:`\delta =
-    \varepsilon / 2`.
+    :math:`Q = R\, V k(\mu) V^T R` with :math:`R = \Sigma_{from}^{1/2}`,
+    :math:`R \Sigma_{to} R = V \mathrm{diag}(\mu) V^T` and
+    :math:`k(\mu) = 2 / (\sqrt{\delta^2 + 4\mu} + \delta)`, :math:`\delta = \varepsilon / 2`
+    (at ``eps = 0``, :math:`k = \mu^{-1/2}` and :math:`Q` is the Monge map's matrix, the
+    Bures-Wasserstein one).
 
     Derivation: the entropic plan between Gaussians is Gaussian, and
     :math:`\log \pi(x, y) - \log \alpha(x) - \log \beta(y) = (f(x) + g(y) - \|x - y\|^2)
     / \varepsilon` makes the cross block of its precision :math:`-(2/\varepsilon) I`. With
     :math:`S` the conditional covariance of ``y`` given ``x`` (the Schur complement), the
     cross covariance is :math:`(2/\varepsilon) \Sigma_{from} S`, and :math:`S` solves
-    :math:`(2/\varepsilon)^2 S \Sigma_{from} S + S = \Sigma_{to}`; in the variable
-    :math:`Z = R S R` this is a scalar quadratic per eigenvalue of :math:`R \Sigma_{to} R`,
-    whose root gives :math:`(\varepsilon / 2) S^{-1} = R V h V^T R`. The potential's
-    quadratic part is :math:`-\tfrac{\varepsilon}{2} (S^{-1} - \Sigma_{to}^{-1})`. At
-    ``eps = 0``, :math:`h = \mu^{-1/2}` and :math:`Q` is the Monge map's matrix (the
-    Bures-Wasserstein one), as OTT-JAX's Gaussian initializer uses.
+    :math:`(2/\varepsilon)^2 S \Sigma_{from} S + S = \Sigma_{to}`; in :math:`Z = R S R` this
+    is a scalar quadratic per eigenvalue of :math:`R \Sigma_{to} R`, whose positive root is
+    :math:`z = 2\mu / (\sqrt{1 + 4\mu / \delta^2} + 1)`. The potential's quadratic part is
+    :math:`-\delta (S^{-1} - \Sigma_{to}^{-1}) = -R V (\delta / z - \delta / \mu) V^T R`,
+    and :math:`\delta / z - \delta / \mu = k(\mu)`.
     """
     root, _ = _sqrt_and_inverse(lib, s_from)
     mu, vec = lib.linalg.eigh(root @ s_to @ root)
-    mu = lib.clip(mu, 1e-300, None)
     delta = 0.5 * eps
-    h = (lib.sqrt(delta * delta + 4 * mu) + delta) / (2 * mu)
-    q = root @ (vec * h[..., None, :]) @ vec.swapaxes(-2, -1) @ root
-    return q - delta * lib.linalg.inv(s_to) if eps > 0 else q
+    k = 2.0 / (lib.sqrt(delta * delta + 4 * lib.clip(mu, 1e-300, None)) + delta)
+    return root @ (vec * k[..., None, :]) @ vec.swapaxes(-2, -1) @ root
 
 
 def _potentials(lib, x, y, a, b, *, eps: float = 0.0, rows: bool = True, reduce=None):
