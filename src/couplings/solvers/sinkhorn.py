@@ -637,10 +637,11 @@ def _iterate(
         if peek and n_iter < limit:
             with torch.no_grad(), book.quiet():
                 peeked = book.take(full_error())
-                # (own_end - max_iter: the problem's lag; it runs min_iter before any check)
-                met = active & (peeked <= tol) & (n_iter - (own_end - max_iter) >= min_iter)
-                if met.any():  # checked now: each such problem stops where it would alone
-                    due_at, next_check = bk.where(met, n_iter, due_at), n_iter
+                if peeked.min() <= tol:  # (most iterations stop at this one test)
+                    # (own_end - max_iter: a problem's lag; it runs min_iter before any check)
+                    met = active & (peeked <= tol) & (n_iter - (own_end - max_iter) >= min_iter)
+                    if met.any():  # checked now: each such problem stops where it would alone
+                        due_at, next_check = bk.where(met, n_iter, due_at), n_iter
         if n_iter >= limit or n_iter >= next_check:
             with torch.no_grad(), book.quiet():
                 err = book.take(full_error()) if peeked is None else peeked
