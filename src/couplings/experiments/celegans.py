@@ -180,6 +180,9 @@ class CelegansConfig:
 
     @classmethod
     def quick(cls) -> CelegansConfig:
+        """A smoke run (about 70 s): 60 neurons, one seed, 300 Adam steps. The variational fits
+        have not converged there (measured: Gumbel-Sinkhorn ahead in 8 of 16 columns), so the
+        criterion is judged on the full setting."""
         return cls(n_neurons=60, n_seeds=1, vi_steps=300, map_iters=5)
 
     def settings(self) -> list[Setting]:
