@@ -401,13 +401,12 @@ def _iterate(
     comes sooner than the one scheduled (never before ``min_iter``), and the balanced
     alternating updates read every problem's error at every iteration (fused into the
     updates, else ``O(n + m)``): a problem at ``tol`` is checked there and then, so each stops
-    at its first iteration at ``tol``, as with ``check_every = 1`` (about 2 us an iteration
-    for one problem, two host reads, against 60-80 for a check: measured at n = 100,
-    eps_rel 0.01, 222 iterations, 11.0-11.6 against 10.5-11.0 ms without the reads, where a
-    first version with a numpy array and context managers per read took 13.1-13.2; from the
-    entropic Gaussian initializer the benchmark's
-    Gaussians at ``eps = 0.1 x`` the mean cost reach ``tol = 1e-4`` in 7 iterations, where
-    the schedule checked at 10 and 11).
+    at its first iteration at ``tol``, as with ``check_every = 1``. From the entropic Gaussian
+    initializer the benchmark's Gaussians at ``eps = 0.1 x`` the mean cost reach
+    ``tol = 1e-4`` in 7 iterations, where the schedule checked at 10 and 11. A read costs
+    about 2 us for one problem (two host scalars) against 60-80 for a check: at n = 100,
+    eps_rel 0.01 (222 iterations), 11.0-11.6 against 10.5-11.0 ms without the reads (a first
+    version, a numpy array under two context managers per read, took 13.1-13.2).
 
     ``floor``: a problem also stops, and counts as converged, once its error is below the
     :func:`_resolution` of its current potentials (the default ``tol`` of :func:`sinkhorn`);
