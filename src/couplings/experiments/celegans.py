@@ -494,7 +494,7 @@ def _profile_objective(observed: torch.Tensor, perms: torch.Tensor, connectivity
 
 def fit_map(data: WormData, config: CelegansConfig, generator: torch.Generator, *,
             start: str = "random") -> torch.Tensor:
-    """MAP by alternating ridge regression for ``W`` and local QAP moves for each ``P_m``.
+    r"""MAP by alternating ridge regression for ``W`` and local QAP moves for each ``P_m``.
 
     Each alternation runs FAQ for each worm from the barycenter of its candidates ``B_m`` (the
     Sinkhorn projection of uniform scores on them, FAQ's usual start) and from the current
@@ -506,10 +506,12 @@ def fit_map(data: WormData, config: CelegansConfig, generator: torch.Generator, 
     * ``"random"`` (the paper's baseline as described): a random feasible permutation per
       worm. ``W`` (``N^2 \rho`` free weights) then fits the wrong traces closely enough that
       few proposals are accepted, and the accuracy stays near chance, as the paper's MAP row
-      does (measured, N = 100, 10 candidates, one worm: 0.13-0.18 against chance 0.1).
+      does (full run, N = 100, 10 candidates, one worm: 0.11-0.26 over three seeds, mean
+      0.17, against chance 0.1).
     * ``"barycenter"``: ``W`` is first fitted to the mixed traces ``Y_m B_m`` and each
       ``P_m`` is the FAQ solution from ``B_m`` under it (the generator is not used). A much
-      stronger baseline: 0.48-0.56 in that setting, and 0.73-1 with four worms sharing ``W``.
+      stronger baseline: 0.45-0.55 in that setting, and 0.88-1 with four worms sharing ``W``
+      (every column of the full run's first table with four worms).
 
     Returns:
         identities ``(M, N)``.
