@@ -267,3 +267,18 @@ def test_checks_predict_from_the_last_iterations_before_them(monkeypatch):
     assert batch.n_iter_per_problem.tolist() == [int(r.n_iter) for r in alone]
     for i, res in enumerate(alone):
         torch.testing.assert_close(batch.f[i], res.f, rtol=0, atol=1e-12)
+
+
+def test_known_positive_weights_skip_the_masks_and_give_the_same_numbers():
+    sk = __import__("sys").modules["couplings.solvers.sinkhorn"]
+    g = torch.Generator().manual_seed(5)
+    u, v = torch.randn(2, 40, generator=g), torch.randn(2, 30, generator=g) * 3
+    a, b = torch.rand(2, 40, generator=g) + 0.1, torch.rand(2, 30, generator=g) + 0.1
+    assert sk._all_positive(a, b) == (True, True)
+    masked = sk._resolution(u, v, a, b, True)
+    plain = sk._resolution(u, v, a, b, True, positive=(True, True))
+    assert torch.equal(masked, plain)
+    # a zero weight whose potential is infinite: the mask keeps it out, and it is needed
+    a[0, 3], u[0, 3] = 0.0, -math.inf
+    assert sk._all_positive(a, b) == (False, True)
+    assert bool(torch.isfinite(sk._resolution(u, v, a, b, True, positive=(False, True))).all())

@@ -145,6 +145,8 @@ def _annealing_stages(ratio: torch.Tensor | None, scaling, max_iter: int, tol: f
                              else (_AUTO_SCALING, _AUTO_RANGE_RATIO))
     else:  # every problem
         factor, threshold = float(scaling), 0.0
+    if threshold > 0 and not bool((ratio >= threshold).any()):  # none anneals
+        return None
     stages = torch.ceil(torch.log(ratio.clamp_min(1.0)) / math.log(1.0 / factor))
     keep = torch.isfinite(stages) & (ratio >= threshold)
     stages = torch.where(keep, stages, 0.0).clamp(0, max_iter - 1).long()
@@ -276,7 +278,8 @@ def _check_steps(err, prev_err, steps, tol, check_every):
     return as_long(need.clip(1, check_every))
 
 
-def _resolution(u, v, a, b, balanced: bool, row_total=None) -> torch.Tensor:
+def _resolution(u, v, a, b, balanced: bool, row_total=None, positive=(False, False)
+                ) -> torch.Tensor:
     r"""The L1 marginal error that rounding the potentials to their dtype alone leaves ``(B,)``.
 
     For potentials in units of eps, ``u = f / eps`` ``(B, n)`` and ``v = g / eps`` ``(B, m)``,
@@ -291,36 +294,51 @@ def _resolution(u, v, a, b, balanced: bool, row_total=None) -> torch.Tensor:
     Measured on 2-D and 3-D Gaussians (n = 200-1000, eps = 0.003-0.3 times the mean cost,
     float32, solved to the floor): the exact L1 error was 0.34-2.0 times this estimate. At
     ``eps = 0.01`` times the mean cost it is about ``1e-5``: a ``tol`` of ``1e-6`` cannot be
-    certified in float32 there.
+    certified in float32 there. ``positive``: see :func:`_weighted`.
     """
     row_total = row_total or _local_total
     if balanced:
-        shift = _balancing_shift(u, v, a, b, row_total)
+        shift = _balancing_shift(u, v, a, b, row_total, positive)
         u, v = u - shift, v + shift
-    return torch.finfo(u.dtype).eps * _weighted_abs(u, v, a, b, row_total)
+    return torch.finfo(u.dtype).eps * _weighted_abs(u, v, a, b, row_total, positive)
 
 
 def _local_total(z: torch.Tensor) -> torch.Tensor:
     return z.sum(-1)
 
 
-def _weighted_abs(u, v, a, b, row_total) -> torch.Tensor:
+def _all_positive(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, bool]:
+    """Whether every weight of ``a`` and of ``b`` is positive, on the CPU (where reading it
+    costs no sync; elsewhere ``(False, False)``, which only costs the masks)."""
+    if a.device.type != "cpu":
+        return False, False
+    return bool((a > 0).all()), bool((b > 0).all())
+
+
+def _weighted(w: torch.Tensor, x: torch.Tensor, positive: bool) -> torch.Tensor:
+    """``w * x`` with the entries of zero weight set to 0 (their ``x`` may be infinite), or
+    plainly ``w * x`` where every weight is known ``positive``: the same numbers, without the
+    mask (a comparison and a ``where``, about 7 us on 1000 entries against 1.3)."""
+    return w * x if positive else torch.where(w > 0, w * x, 0.0)
+
+
+def _weighted_abs(u, v, a, b, row_total, positive=(False, False)) -> torch.Tensor:
     """``<a, |u|> + <b, |v|>`` ``(B,)``, zero-weight entries left out."""
-    return (row_total(torch.where(a > 0, a * u.abs(), 0.0))
-            + torch.where(b > 0, b * v.abs(), 0.0).sum(-1))
+    return (row_total(_weighted(a, u.abs(), positive[0]))
+            + _weighted(b, v.abs(), positive[1]).sum(-1))
 
 
-def _balancing_shift(u, v, a, b, row_total) -> torch.Tensor:
+def _balancing_shift(u, v, a, b, row_total, positive=(False, False)) -> torch.Tensor:
     """The ``c`` ``(B, 1)`` with ``<a, u - c> = <b, v + c>``, zero-weight entries left out."""
-    total_u = row_total(torch.where(a > 0, a * u, 0.0))
-    total_v = torch.where(b > 0, b * v, 0.0).sum(-1)
+    total_u = row_total(_weighted(a, u, positive[0]))
+    total_v = _weighted(b, v, positive[1]).sum(-1)
     return ((total_u - total_v) / (row_total(a) + b.sum(-1))).unsqueeze(-1)
 
 
 _REGAUGE_FROM = 4  # translate where the offset exceeds 1/4 of the mean |potential|
 
 
-def _gauge_shift(ops, u, v, a, b):
+def _gauge_shift(ops, u, v, a, b, positive=(False, False)):
     r"""The translation ``c`` ``(B, 1)`` (detached) that moves balanced potentials in units of
     eps ``(B, n)``, ``(B, m)`` to ``(u - c, v + c)`` with ``<a, u - c> = <b, v + c>``, where the
     offset is large (``_REGAUGE_FROM``), else 0; ``ops`` moves its state along.
@@ -335,8 +353,8 @@ def _gauge_shift(ops, u, v, a, b):
     reported (see :func:`_resolution`).
     """
     with torch.no_grad():
-        shift = _balancing_shift(u, v, a, b, ops.row_total)
-        mean_abs = (_weighted_abs(u, v, a, b, ops.row_total)
+        shift = _balancing_shift(u, v, a, b, ops.row_total, positive)
+        mean_abs = (_weighted_abs(u, v, a, b, ops.row_total, positive)
                     / (ops.row_total(a) + b.sum(-1))).unsqueeze(-1)
         # only an offset that inflates the potentials: every translation rounds them (and the
         # kernel backend's anchors, which its kernel does not follow), so small ones are left
@@ -421,6 +439,9 @@ def _iterate(
     balanced = math.isinf(rho_a) and math.isinf(rho_b)
     floor = floor and a.dtype != torch.float64
     regauge = balanced and not symmetric
+    # (weights known positive skip the masks of the gauge shift and the resolution; a subset of
+    # the problems, after compaction, keeps that)
+    positive = _all_positive(a, b) if regauge or floor else (False, False)
     a_all, b_all = a, b  # (the batch's weights; a and b are compacted with the active set)
     # annealing: problem p runs K_p iterations at eps / factor^K_p, ..., eps / factor, then the
     # first plain one at eps; in a batch it waits (frozen) for the first K - K_p of the K + 1
@@ -477,7 +498,7 @@ def _iterate(
         n_iter += 1
         if regauge:  # after every stage (a waiting problem has u = v = 0: no shift); the
             # main loop then keeps the balance (translating there too changed nothing measured)
-            shift = _gauge_shift(ops, u, v, a, b)
+            shift = _gauge_shift(ops, u, v, a, b, positive)
             u, v = u - shift, v + shift
     lam_a, lam_b = _damping(rho_a, eps), _damping(rho_b, eps)
     # Unbalanced, the dual changes only by O(t^2 / rho) along translations (f + t, g - t), so
@@ -679,7 +700,8 @@ def _iterate(
                     relaxed_iter = bk.where(span, n_iter, relaxed_iter)
                 # a problem stops at tol (or at the resolution of its potentials, the default
                 # tol below float64), or after its own max_iter iterations
-                tol_now = (book.take(_resolution(u, v, a, b, balanced, ops.row_total))
+                tol_now = (book.take(_resolution(u, v, a, b, balanced, ops.row_total,
+                                                 positive))
                            .clip(tol, None) if floor else tol)
                 done = due & ((err <= tol_now) | (n_iter >= own_end))
                 iters = bk.where(done, n_iter, iters)
@@ -767,7 +789,8 @@ def _iterate(
         iters = iters - lag
         n_iter = int(iters.max())
     if floor:
-        tol = _resolution(u, v, a_all, b_all, balanced, ops.row_total).clamp_min(tol)
+        tol = _resolution(u, v, a_all, b_all, balanced, ops.row_total,
+                          positive).clamp_min(tol)
     converged = error <= tol
     return u * eps, v * eps, n_iter, error, converged, iters, omega, annealed
 
@@ -1666,7 +1689,8 @@ def sinkhorn(
         backend, kernel_counts = ops.backend, None  # "tensorized" if compilation failed
         ops.release()
     with torch.no_grad():
-        resolution = _resolution(*(x.detach() for x in (f / eps, g / eps, a, b)), balanced)
+        resolution = _resolution(*(x.detach() for x in (f / eps, g / eps, a, b)), balanced,
+                                 positive=_all_positive(a, b))
     _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
                            fixed_depth=min_iter >= max_iter, stacklevel=2)
 
