@@ -78,13 +78,10 @@ def _moments(lib, points, weights, reduce=None):
     return mean, cov + ridge[:, None, None] * lib.eye(cov.shape[-1], dtype=lib.float64)
 
 
-def _sqrt_and_inverse(lib, s):
-    """``S^{1/2}`` and ``S^{-1/2}`` of symmetric positive definite ``s`` ``(B, d, d)`` from one
-    eigendecomposition."""
+def _sqrt(lib, s):
+    """``S^{1/2}`` of symmetric positive definite ``s`` ``(B, d, d)`` (numpy or torch arrays)."""
     w, v = lib.linalg.eigh(s)
-    root = lib.sqrt(lib.clip(w, 1e-300, None))[..., None, :]
-    vt = v.swapaxes(-2, -1)
-    return (v * root) @ vt, (v / root) @ vt
+    return (v * lib.sqrt(lib.clip(w, 1e-300, None))[..., None, :]) @ v.swapaxes(-2, -1)
 
 
 def _rowsum(lib, z):
@@ -148,7 +145,7 @@ def _curvature(lib, s_from, s_to, eps: float):
     :math:`-\delta (S^{-1} - \Sigma_{to}^{-1}) = -R V (\delta / z - \delta / \mu) V^T R`,
     and :math:`\delta / z - \delta / \mu = k(\mu)`.
     """
-    root, _ = _sqrt_and_inverse(lib, s_from)
+    root = _sqrt(lib, s_from)
     mu, vec = lib.linalg.eigh(root @ s_to @ root)
     delta = 0.5 * eps
     k = 2.0 / (lib.sqrt(delta * delta + 4 * lib.clip(mu, 1e-300, None)) + delta)

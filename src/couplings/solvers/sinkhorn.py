@@ -1492,10 +1492,12 @@ def sinkhorn(
             warm-started solves is differentiated end to end); otherwise it is detached.
             ``None`` (the default) starts from zero, except on a :class:`PointCloud` with the
             squared Euclidean cost (balanced, not symmetric, neither unrolled nor of fixed
-            depth), where each problem that does not anneal starts from the potentials
-            between Gaussian fits of its two clouds (:mod:`._initializers`, OTT-JAX's
-            Gaussian initializer: 14 -> 11 iterations on 2-D Gaussians at n = 1000, eps = 0.1
-            x the mean cost, 61 -> 51 at 0.01). ``"zeros"`` always starts from zero.
+            depth), where each problem that does not anneal starts from the entropic OT
+            potentials at ``eps`` between Gaussian fits of its two clouds
+            (:mod:`._initializers`; at eps -> 0 OTT-JAX's Gaussian initializer): 2-D
+            Gaussians at n = 1000, eps = 0.1 x the mean cost, reach tol 1e-4 in 7 iterations
+            instead of 10 from the unregularized potentials and 14 from zero. ``"zeros"``
+            always starts from zero.
         symmetric: the problem is symmetric (``C = C^T``, ``a = b``, as in the self-transport
             terms of a Sinkhorn divergence): use the averaged update ``f <- (f + T(f)) / 2``,
             which converges far faster there, and return ``f = g``. Checked on input.
