@@ -1,6 +1,7 @@
 """Every bad input raises a TypeError or ValueError that says what was received and expected."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,20 @@ def test_check_finite_summed_fast_path_is_exact():
     with pytest.raises(ValueError, match="2 non-finite entries"):
         check_finite(x, "x")
     check_finite(torch.arange(5), "ints")  # integer tensors are always finite
+
+
+@pytest.mark.parametrize("backend", ["auto", "tensorized", "online"])
+def test_overflowing_iterations_raise_instead_of_returning_nan(backend):
+    """eps far below what float32 can divide the cost by: the potentials overflow to NaN.
+    The loop stops there (not at max_iter) and the solve says why, instead of a NaN value."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = 10 * torch.randn(20, 2, generator=gen), 10 * torch.randn(25, 2, generator=gen)
+    with pytest.raises(ValueError, match=r"overflowed .* eps=1e-38, float32\): the largest "
+                                         r"\|cost\| / eps is .* beyond the dtype's range") as info:
+        sinkhorn(PointCloud(x, y), eps=1e-38, max_iter=20_000, backend=backend)
+    stopped_at = int(re.search(r"after (\d+) iterations", str(info.value)).group(1))
+    assert stopped_at < 1000  # it stopped at its first check with a NaN error
+    # the same problem in float64 fits and solves
+    res = sinkhorn(PointCloud(x.double(), y.double()), eps=1e-38, max_iter=20_000,
+                   backend=backend)
+    assert torch.isfinite(res.value)

@@ -682,11 +682,13 @@ def _iterate(
                     relaxed_err = bk.where(span, err, relaxed_err)
                     relaxed_iter = bk.where(span, n_iter, relaxed_iter)
                 # a problem stops at tol (or at the resolution of its potentials, the default
-                # tol below float64), or after its own max_iter iterations
+                # tol below float64), after its own max_iter iterations, or at a NaN error:
+                # its potentials overflowed (NaN potentials stay NaN), and running on to
+                # max_iter would only spend the time (the caller reports it)
                 tol_now = (book.take(_resolution(u, v, a, b, balanced, ops.row_total,
                                                  positive))
                            .clip(tol, None) if floor else tol)
-                done = due & ((err <= tol_now) | (n_iter >= own_end))
+                done = due & ((err <= tol_now) | (n_iter >= own_end) | bk.isnan(err))
                 iters = bk.where(done, n_iter, iters)
                 active = active & ~done
                 # the rate since the last check, or over the last _RECENT_SPAN iterations where
@@ -1356,6 +1358,7 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
             ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling, check_every,
             init, symmetric, momentum=momentum, floor=floor, guess=guess,
         )
+        _check_no_overflow(error, eps, n_iter, x.dtype, lambda: _largest_sqeuclidean(x, y))
         f, g = _balance_constant(a, b, f, g)
         resolution = _resolution(f / eps, g / eps, a.detach(), b.detach(), balanced=True)
     _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
@@ -1367,6 +1370,32 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
                                                         "rounded_plan or gap)"),
         n_iter=n_iter, eps=eps, solver="sinkhorn", n_iter_per_problem=iters, backend="online",
         omega=omega, annealed=annealed, resolution=resolution,
+    )
+
+
+def _largest_sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """An upper bound of ``max |x_i - y_j|^2`` over a batch, without an ``n x m`` matrix."""
+    x, y = x.detach(), y.detach()
+    return (x.norm(dim=-1).amax() + y.norm(dim=-1).amax()) ** 2
+
+
+def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, largest_cost):
+    """A ``ValueError`` where some problem's marginal error is NaN: its potentials overflowed
+    (the loop stops such a problem at its next check rather than at ``max_iter``), which a
+    result should not hide behind a NaN value. ``largest_cost()`` gives ``max |C|`` for the
+    message (only called then)."""
+    bad = torch.isnan(error)
+    if not bool(bad.any()):
+        return
+    ratio = float(largest_cost()) / eps
+    limit = torch.finfo(dtype).max
+    raise ValueError(
+        f"sinkhorn's iterations overflowed for {int(bad.sum())} of {error.numel()} problem(s) "
+        f"(marginal error NaN after {n_iter} iterations, eps={eps:g}, "
+        f"{str(dtype).removeprefix('torch.')}): the largest |cost| / eps is {ratio:.3g}"
+        + (f", beyond the dtype's range ({limit:.3g})" if ratio >= limit else "")
+        + ". Expected an eps at which the cost / eps stays well inside the dtype's range: "
+        "increase eps or pass float64 inputs."
     )
 
 
@@ -1673,6 +1702,7 @@ def sinkhorn(
             )
         backend, kernel_counts = ops.backend, None  # "tensorized" if compilation failed
         ops.release()
+    _check_no_overflow(error, eps, n_iter, c.dtype, lambda: c.detach().abs().amax())
     with torch.no_grad():
         resolution = _resolution(*(x.detach() for x in (f / eps, g / eps, a, b)), balanced,
                                  positive=_all_positive(a, b))
