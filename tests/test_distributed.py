@@ -108,6 +108,8 @@ def _bad_inputs(rank):
         ("unequal_mass", (c, a, torch.full((5,), 0.4, dtype=F64)), dict(eps=0.1)),
         # not enough iterations: a warning, not an error, on every rank
         ("not_converged", (c,), dict(eps=0.01, max_iter=3)),
+        # float32 at an eps that the cost / eps overflows: NaN potentials, an error everywhere
+        ("overflow", (100 * c.float(),), dict(eps=1e-38, max_iter=5000)),
     ]
 
 
@@ -207,6 +209,9 @@ def test_bad_inputs_raise_on_every_rank(sharded):
     for r in raised:
         assert r["unequal_mass"][0] == "ValueError" and "equal total mass" in r["unequal_mass"][1]
         assert r["not_converged"] is None
+        # every rank names the overflow and the largest cost over all the rows
+        assert r["overflow"][0] == "ValueError" and "overflowed for 1 of 1" in r["overflow"][1]
+    assert raised[0]["overflow"] == raised[1]["overflow"]
 
 
 def test_only_the_expected_warnings(sharded):

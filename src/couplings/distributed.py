@@ -122,6 +122,7 @@ from .solvers.sinkhorn import (
     _check_init,
     _check_loop_options,
     _check_momentum,
+    _check_no_overflow,
     _check_rho,
     _guesses,
     _iterate,
@@ -512,6 +513,10 @@ def sinkhorn(
             f, g = f - shift.unsqueeze(-1), g + shift.unsqueeze(-1)
         resolution = _resolution(f / eps, g / eps, a_rows.detach(), b.detach(), balanced,
                                  ops.row_total)
+    # (the error is the same on every rank, so all raise together; the message's largest
+    # cost is that of all the rows)
+    _check_no_overflow(error, eps, n_iter, c.dtype, lambda: _all_reduce(
+        c.detach().abs().amax(), dist.ReduceOp.MAX, group))
     _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
                            fixed_depth=min_iter >= max_iter, stacklevel=2)
 
