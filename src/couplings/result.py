@@ -106,6 +106,9 @@ class OTResult:
             of it); an ``error`` below it is the rounded iteration's own, and the plan of these
             potentials, evaluated exactly, misses its marginals by about ``resolution``. In
             float64 it is negligible. ``None`` for other solvers.
+        newton_steps: the Newton steps that finished each problem after Sinkhorn's
+            iterations, ``(B,)`` int64 (Sinkhorn's ``newton=True``; 0 for a problem that
+            converged without them); ``None`` without ``newton``.
 
     Computed on first access and cached (each costs ``O(B n m)``):
 
@@ -153,6 +156,7 @@ class OTResult:
     kernel_counts: dict[str, int] | None = None
     annealed: torch.Tensor | None = None
     resolution: torch.Tensor | None = None
+    newton_steps: torch.Tensor | None = None
 
     @classmethod
     def from_batched(
@@ -178,6 +182,7 @@ class OTResult:
         kernel_counts: dict[str, int] | None = None,
         annealed: torch.Tensor | None = None,
         resolution: torch.Tensor | None = None,
+        newton_steps: torch.Tensor | None = None,
     ) -> OTResult:
         """Build a result from a solver's batched tensors (``(B, ...)``, cost ``(B, n, m)``, or
         a function returning it), removing the batch axis when the call was unbatched."""
@@ -194,6 +199,7 @@ class OTResult:
             backend=backend, omega=None if omega is None else shape(omega),
             kernel_counts=kernel_counts, annealed=None if annealed is None else shape(annealed),
             resolution=None if resolution is None else shape(resolution),
+            newton_steps=None if newton_steps is None else shape(newton_steps),
         )
 
     @cached_property
@@ -317,6 +323,7 @@ class OTResult:
                 kernel_counts=self.kernel_counts,
                 annealed=None if self.annealed is None else self.annealed[k],
                 resolution=None if self.resolution is None else self.resolution[k],
+                newton_steps=None if self.newton_steps is None else self.newton_steps[k],
             ))
         return out
 

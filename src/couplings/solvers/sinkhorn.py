@@ -64,7 +64,7 @@ from .._validation import (
 )
 from ..geometry import Geometry, PointCloud, as_geometry
 from ..result import ConvergenceWarning, OTResult
-from . import _native, _scratch
+from . import _native, _newton, _scratch
 from ._bookkeeping import Bookkeeping, as_long, xp
 from ._initializers import gaussian_potentials
 from ._softmin import DenseSoftmin, KernelSoftmin, OnlineEnvelope, OnlineSoftmin, batched_mv
@@ -1373,6 +1373,41 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
     )
 
 
+def _check_newton(newton, *, balanced, symmetric, grad, backend, side):
+    """``newton=True`` needs a balanced, non-symmetric problem on a dense backend, without
+    ``grad="unroll"`` (the steps are not recorded), and a smaller side of at most
+    :data:`._newton.MAX_SIDE`."""
+    if not isinstance(newton, bool):
+        raise TypeError(f"newton must be a bool, got {type(newton).__name__}.")
+    if not newton:
+        return
+    why = ("balanced" if not balanced else "not symmetric" if symmetric
+           else "a dense backend (not 'online')" if backend == "online"
+           else "grad other than 'unroll'" if grad == "unroll"
+           else f"min(n, m) <= {_newton.MAX_SIDE}" if side > _newton.MAX_SIDE else None)
+    if why is not None:
+        raise ValueError(f"newton=True needs {why}: its steps solve a dense min(n, m) system "
+                         f"of a balanced problem, got balanced={balanced}, "
+                         f"symmetric={symmetric}, backend={backend!r}, grad={grad!r}, "
+                         f"min(n, m)={side}.")
+
+
+def _finish_with_newton(c, a, b, f, g, eps, tol, error, converged):
+    """:func:`._newton.newton_polish` on the problems not converged; returns ``f, g, error,
+    converged`` updated and the Newton steps of each problem ``(B,)``."""
+    steps = torch.zeros(error.shape, dtype=torch.long, device=error.device)
+    todo = (~converged).nonzero().squeeze(-1)
+    if todo.numel() == 0:
+        return f, g, error, converged, steps
+    with torch.no_grad():
+        fp, gp, err, done = _newton.newton_polish(
+            c.detach()[todo], a.detach()[todo], b.detach()[todo], f.detach()[todo],
+            g.detach()[todo], eps, tol=tol)
+    f, g = f.index_copy(0, todo, fp), g.index_copy(0, todo, gp)
+    error = error.index_copy(0, todo, err.to(error.dtype))
+    return f, g, error, converged | (error <= tol), steps.index_copy(0, todo, done)
+
+
 def _largest_sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """An upper bound of ``max |x_i - y_j|^2`` over a batch, without an ``n x m`` matrix."""
     x, y = x.detach(), y.detach()
@@ -1400,7 +1435,7 @@ def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, large
 
 
 def _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz, *,
-                           fixed_depth, stacklevel):
+                           fixed_depth, stacklevel, newton_hint=False):
     """A :class:`ConvergenceWarning` for problems that did not converge (not for a fixed-depth
     solve); it names the float resolution of the solution where ``tol`` is below it."""
     if fixed_depth or bool(converged.all()):
@@ -1412,6 +1447,8 @@ def _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz, *,
         f"sinkhorn did not converge for {bad} of {bsz} problem(s): marginal error "
         f"{float(error.max()):.3g} > tol={tol:g} after {n_iter} iterations (eps={eps:g}). "
         "Increase max_iter, use scaling=0.7, or increase eps."
+        + (" At a small eps, where the error falls slowly, newton=True finishes the solve "
+           "with Newton steps." if newton_hint else "")
         + (f" The {dtype} resolution of the marginal error at this solution is about "
            f"{finest:.2g}, above tol: an error below it cannot be certified in {dtype}; pass "
            "float64 inputs, or leave tol at its default (which stops at the resolution)."
@@ -1438,6 +1475,7 @@ def sinkhorn(
     rho: float | tuple[float | None, float | None] | None = None,
     backend: str = "auto",
     momentum: float | str = "auto",
+    newton: bool = False,
 ) -> OTResult:
     r"""Entropic optimal transport by log-domain Sinkhorn iterations.
 
@@ -1576,6 +1614,14 @@ def sinkhorn(
             updates are the same on every backend, and each moves a potential at most
             ``3 eps`` beyond the plain update (far from the solution at a small ``eps``,
             larger extrapolations make the error jump; near it the cap never acts).
+        newton: finish each problem that the iterations left above ``tol`` with Newton steps
+            on the semi-dual (:mod:`._newton`: a dense ``k x k`` solve per step, ``k`` the
+            smaller of ``n`` and ``m``, at most 4096), for a small ``eps`` where Sinkhorn's
+            error falls like ``1 / k`` (2-D Gaussians, n = 200, ``eps = 0.003 x`` the mean
+            cost, float64: 2.3e-7 after 64000 plain iterations, 1e-8 in 5 Newton steps from
+            the 1000th). Balanced, non-symmetric problems on a dense backend, without
+            ``grad="unroll"``; the result's ``newton_steps`` counts them. Reaching ``tol``
+            below the float resolution needs float64.
 
     Returns:
         :class:`~couplings.OTResult` with potentials ``f`` ``(B, n)``, ``g`` ``(B, m)``
@@ -1651,6 +1697,8 @@ def sinkhorn(
     bsz, n, m = geom.shape
     requested, backend = backend, _choose_backend(backend, geom, grad, balanced)
     momentum = _check_momentum(momentum, balanced, symmetric, min_iter >= max_iter)
+    _check_newton(newton, balanced=balanced, symmetric=symmetric, grad=grad, backend=backend,
+                  side=min(n, m))
     if grad is None:
         grad = "envelope" if backend == "online" else "implicit"
     if backend == "online":
@@ -1703,11 +1751,17 @@ def sinkhorn(
         backend, kernel_counts = ops.backend, None  # "tensorized" if compilation failed
         ops.release()
     _check_no_overflow(error, eps, n_iter, c.dtype, lambda: c.detach().abs().amax())
+    newton_steps = None
+    if newton:
+        f, g, error, converged, newton_steps = _finish_with_newton(
+            c, a, b, f, g, eps, tol, error, converged)
     with torch.no_grad():
         resolution = _resolution(*(x.detach() for x in (f / eps, g / eps, a, b)), balanced,
                                  positive=_all_positive(a, b))
     _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
-                           fixed_depth=min_iter >= max_iter, stacklevel=2)
+                           fixed_depth=min_iter >= max_iter, stacklevel=2,
+                           newton_hint=(not newton and balanced and not symmetric
+                                        and grad != "unroll" and min(n, m) <= _newton.MAX_SIDE))
 
     if not balanced:
         if grad == "implicit":
@@ -1726,6 +1780,7 @@ def sinkhorn(
             n_iter=n_iter, eps=eps,
             solver="sinkhorn", rho=rho, n_iter_per_problem=iters, backend=backend,
             omega=omega, kernel_counts=kernel_counts, annealed=annealed, resolution=resolution,
+            newton_steps=newton_steps,
         )
 
     if grad == "implicit" and torch.is_grad_enabled() and (
@@ -1748,4 +1803,5 @@ def sinkhorn(
         n_iter=n_iter, eps=eps,
         solver="sinkhorn", n_iter_per_problem=iters, backend=backend, omega=omega,
         kernel_counts=kernel_counts, annealed=annealed, resolution=resolution,
+        newton_steps=newton_steps,
     )
