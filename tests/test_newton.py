@@ -112,3 +112,15 @@ def test_newton_steps_ascend_the_semi_dual():
     slack = 1e-12 * max(abs(v) for v in values)
     assert all(v1 >= v0 - slack for v0, v1 in zip(values, values[1:], strict=False))
     assert errors[-1] < 1e-10 * errors[0] and math.isfinite(errors[-1])  # 6e-2 to 1e-14
+
+
+def test_newton_in_float32_stops_at_the_float_resolution():
+    """With the default tol, a float32 problem stops at the resolution of its potentials, as
+    the iterations do: Newton steps cannot certify an error below it."""
+    cost, eps = _crawling(120, 100, seed=5)
+    cost = cost.float()
+    res = sinkhorn(cost, eps=eps / 3, max_iter=100, newton=True)  # eps_rel 0.001
+    assert bool(res.converged) and float(res.error) <= float(res.resolution)
+    # in float64 the same call reaches the default tol itself (1e-6), checked on its plan
+    double = sinkhorn(cost.double(), eps=eps / 3, max_iter=100, newton=True)
+    assert bool(double.converged) and float(_exact_error(double, cost.double())) <= 1e-6

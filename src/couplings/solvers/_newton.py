@@ -70,11 +70,12 @@ def _semi_dual(a, b, f, g):
 
 
 def newton_polish(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor,
-                  g: torch.Tensor, eps: float, *, tol: float, max_steps: int = 30):
+                  g: torch.Tensor, eps: float, *, tol: float | torch.Tensor,
+                  max_steps: int = 30):
     """Newton steps on the semi-dual from potentials ``(f, g)`` ``(B, n)``, ``(B, m)`` of a
     balanced problem (cost ``(B, n, m)``, weights ``a``, ``b``), for every problem whose L1
-    marginal error exceeds ``tol``, until it is at most ``tol``, stops improving, or
-    ``max_steps`` steps were taken.
+    marginal error exceeds ``tol`` (a number, or one per problem ``(B,)``), until it is at
+    most ``tol``, stops improving, or ``max_steps`` steps were taken.
 
     Returns:
         ``(f, g, error, steps)``: the potentials (``g`` the exact column update of ``f``, so

@@ -1392,20 +1392,25 @@ def _check_newton(newton, *, balanced, symmetric, grad, backend, side):
                          f"min(n, m)={side}.")
 
 
-def _finish_with_newton(c, a, b, f, g, eps, tol, error, converged):
+def _finish_with_newton(c, a, b, f, g, eps, tol, error, converged, floor):
     """:func:`._newton.newton_polish` on the problems not converged; returns ``f, g, error,
-    converged`` updated and the Newton steps of each problem ``(B,)``."""
+    converged`` updated and the Newton steps of each problem ``(B,)``. With ``floor`` (the
+    default ``tol``), a problem stops at the :func:`_resolution` of its potentials where that
+    is coarser, as the iterations do."""
     steps = torch.zeros(error.shape, dtype=torch.long, device=error.device)
     todo = (~converged).nonzero().squeeze(-1)
     if todo.numel() == 0:
         return f, g, error, converged, steps
     with torch.no_grad():
-        fp, gp, err, done = _newton.newton_polish(
-            c.detach()[todo], a.detach()[todo], b.detach()[todo], f.detach()[todo],
-            g.detach()[todo], eps, tol=tol)
+        c, a, b, f_p, g_p = (t.detach()[todo] for t in (c, a, b, f, g))
+        target = torch.full(todo.shape, tol, dtype=f.dtype, device=f.device)
+        if floor and f.dtype != torch.float64:
+            target = _resolution(f_p / eps, g_p / eps, a, b, True).clamp_min(tol)
+        fp, gp, err, done = _newton.newton_polish(c, a, b, f_p, g_p, eps, tol=target)
     f, g = f.index_copy(0, todo, fp), g.index_copy(0, todo, gp)
     error = error.index_copy(0, todo, err.to(error.dtype))
-    return f, g, error, converged | (error <= tol), steps.index_copy(0, todo, done)
+    met = torch.zeros_like(converged).index_copy(0, todo, err <= target)
+    return f, g, error, converged | met, steps.index_copy(0, todo, done)
 
 
 def _largest_sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -1754,7 +1759,7 @@ def sinkhorn(
     newton_steps = None
     if newton:
         f, g, error, converged, newton_steps = _finish_with_newton(
-            c, a, b, f, g, eps, tol, error, converged)
+            c, a, b, f, g, eps, tol, error, converged, floor)
     with torch.no_grad():
         resolution = _resolution(*(x.detach() for x in (f / eps, g / eps, a, b)), balanced,
                                  positive=_all_positive(a, b))
