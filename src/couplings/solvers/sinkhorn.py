@@ -1358,7 +1358,8 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
             ops, a.detach(), b.detach(), eps, tol, max_iter, min_iter, scaling, check_every,
             init, symmetric, momentum=momentum, floor=floor, guess=guess,
         )
-        _check_no_overflow(error, eps, n_iter, x.dtype, lambda: _largest_sqeuclidean(x, y))
+        _check_no_overflow(error, eps, n_iter, x.dtype, lambda: _largest_sqeuclidean(x, y),
+                           bound=True)
         f, g = _balance_constant(a, b, f, g)
         resolution = _resolution(f / eps, g / eps, a.detach(), b.detach(), balanced=True)
     _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
@@ -1419,11 +1420,12 @@ def _largest_sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.norm(dim=-1).amax() + y.norm(dim=-1).amax()) ** 2
 
 
-def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, largest_cost):
+def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, largest_cost,
+                       bound: bool = False):
     """A ``ValueError`` where some problem's marginal error is NaN: its potentials overflowed
     (the loop stops such a problem at its next check rather than at ``max_iter``), which a
     result should not hide behind a NaN value. ``largest_cost()`` gives ``max |C|`` for the
-    message (only called then)."""
+    message (only called then), or an upper bound of it (``bound``)."""
     bad = torch.isnan(error)
     if not bool(bad.any()):
         return
@@ -1432,7 +1434,8 @@ def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, large
     raise ValueError(
         f"sinkhorn's iterations overflowed for {int(bad.sum())} of {error.numel()} problem(s) "
         f"(marginal error NaN after {n_iter} iterations, eps={eps:g}, "
-        f"{str(dtype).removeprefix('torch.')}): the largest |cost| / eps is {ratio:.3g}"
+        f"{str(dtype).removeprefix('torch.')}): the largest |cost| / eps is "
+        f"{'at most ' if bound else ''}{ratio:.3g}"
         + (f", beyond the dtype's range ({limit:.3g})" if ratio >= limit else "")
         + ". Expected an eps at which the cost / eps stays well inside the dtype's range: "
         "increase eps or pass float64 inputs."
