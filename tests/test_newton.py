@@ -124,3 +124,38 @@ def test_newton_in_float32_stops_at_the_float_resolution():
     # in float64 the same call reaches the default tol itself (1e-6), checked on its plan
     double = sinkhorn(cost.double(), eps=eps / 3, max_iter=100, newton=True)
     assert bool(double.converged) and float(_exact_error(double, cost.double())) <= 1e-6
+
+
+def _underflowing():
+    """A 45 x 20 problem (uniform weights, eps_rel 0.003) whose 100th iterate has a row of
+    zero mass: its plan entries all underflowed."""
+    g = torch.Generator().manual_seed(0)
+    for shape in ((40, 2), (50, 2)):  # (the draws of the case as first found)
+        torch.randn(*shape, generator=g, dtype=F64)
+    torch.rand(40, generator=g, dtype=F64), torch.rand(50, generator=g, dtype=F64)
+    torch.randn(30, 2, generator=g, dtype=F64)
+    x = torch.randn(45, 2, generator=g, dtype=F64)
+    torch.randn(35, 2, generator=g, dtype=F64)
+    y = torch.randn(20, 2, generator=g, dtype=F64) * 2 + 1
+    return torch.cdist(x, y) ** 2
+
+
+@pytest.mark.parametrize("backend", ["kernel", "tensorized"])
+@pytest.mark.parametrize("weights", ["uniform", "random"])
+def test_newton_from_an_early_iterate_with_rows_whose_mass_underflowed(weights, backend):
+    """From the 100th iterate at eps_rel 0.003 (mostly annealing) a row of the plan has
+    underflowed to zero mass: the Newton system is singular there, and an undamped solve gave
+    a descent direction 1e13 eps long (no step was taken). Damped and bounded, the steps
+    converge; with random weights too."""
+    cost = _underflowing()
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.rand(k, generator=g, dtype=F64) + 0.1 if weights == "random" else
+            torch.ones(k, dtype=F64) for k in cost.shape)
+    a, b = a / a.sum(), b / b.sum()
+    eps = 0.003 * float(cost.mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = sinkhorn(cost, a, b, eps=eps, tol=1e-10, max_iter=100, backend=backend)
+    assert float(start.error) > 1e-3
+    res = sinkhorn(cost, a, b, eps=eps, tol=1e-10, max_iter=100, backend=backend, newton=True)
+    assert bool(res.converged) and float(_exact_error(res, cost)) <= 1e-10

@@ -16,8 +16,9 @@ function :math:`F(f) = \langle a, f\rangle + \langle b, g(f)\rangle` has gradien
 is invariant under ``f + c``); a rank-one term :math:`r r^\top / \sum r` (``r = P 1``) fixes
 that direction, which changes no plan. Each step solves for :math:`\delta f` densely (a
 Cholesky factorization of the ``k x k`` system on the smaller side, ``k = min(n, m)``: the
-problem is transposed when ``n > m``) and halves it until ``F`` does not decrease (a
-backtracking line search, so each step is an ascent step).
+problem is transposed when ``n > m``; damped where it is singular to rounding), bounds
+its length (no potential moves by more than 10 eps) and halves it until ``F`` does not
+decrease (a backtracking line search, so each step is an ascent step).
 
 Example:
     >>> import torch
@@ -42,7 +43,30 @@ __all__ = ["MAX_SIDE", "newton_polish"]
 MAX_SIDE = 4096  # largest smaller side: a (k, k) float64 system per problem (134 MB at 4096)
 _HALVINGS = 30  # backtracking steps of the line search
 _ROUNDING = 8  # the semi-dual's rounding, in units of eps_mach (<a, |f|> + <b, |g|>)
+_DAMPING = 1e-12  # the first Levenberg-Marquardt damping, relative to the diagonal
+_REACH = 10.0  # largest move of a potential in one step, in eps
 _NEAR = 1e4  # a full step that lowers it by at most this many such units is near the optimum
+
+
+def _solve(system, rhs, scale):
+    """``system^{-1} rhs`` ``(B, k)`` by Cholesky, and whether it succeeded ``(B,)``. Where the
+    system is singular to rounding (a row whose plan entries all underflowed, or the constant
+    direction near the solution), it is damped, ``system + mu diag(scale)`` with ``mu`` from
+    ``_DAMPING`` times the largest diagonal entry upward (Levenberg-Marquardt): the direction
+    stays an ascent direction, and the trust region bounds its length."""
+    chol, info = torch.linalg.cholesky_ex(system)
+    out = torch.cholesky_solve(rhs, chol).squeeze(-1)
+    solved = info == 0
+    top = system.diagonal(0, -2, -1).amax(-1)  # (B,)
+    damping = _DAMPING
+    while not bool(solved.all()) and damping < 1.0:
+        mu = (damping * top / scale.amax(-1)).unsqueeze(-1)
+        chol, info = torch.linalg.cholesky_ex(system + torch.diag_embed(mu * scale))
+        damped = torch.cholesky_solve(rhs, chol).squeeze(-1)
+        out = torch.where(solved.unsqueeze(-1), out, damped)
+        solved = solved | (info == 0)
+        damping *= 100.0
+    return out, solved
 
 
 def _column_update(cost, log_a, f, eps):
@@ -100,20 +124,18 @@ def newton_polish(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch
                   - (plan * inv_b.unsqueeze(-2)) @ plan.transpose(-2, -1)
                   + rows.unsqueeze(-1) * rows.unsqueeze(-2) / rows.sum(-1)[:, None, None])
         rhs = (eps * (a - rows)).unsqueeze(-1)
-        chol, info = torch.linalg.cholesky_ex(system)
-        direction = torch.cholesky_solve(rhs, chol).squeeze(-1)
-        solved = info == 0
-        if not bool(solved.all()):  # semi-definite to rounding near the solution: LU there
-            lu, lu_info = torch.linalg.solve_ex(system, rhs)
-            direction = torch.where(solved.unsqueeze(-1), direction, lu.squeeze(-1))
-            solved = solved | (lu_info == 0)
+        direction, solved = _solve(system, rhs, torch.where(sa, a, 1.0))
         direction = torch.where(sa & solved.unsqueeze(-1) & active.unsqueeze(-1) & torch.isfinite(
             direction), direction, 0.0)
         # the semi-dual must not decrease by more than its rounding: near the solution a
         # step changes it by about the squared error, below the rounding of its terms
         rounding = torch.finfo(f.dtype).eps * _semi_dual(a, b, f.abs(), g.abs())
         value = _semi_dual(a, b, f, g) - _ROUNDING * rounding
-        size, full = torch.ones_like(error), None
+        # a trust region: no potential moves by more than _REACH eps in one step (where rows
+        # and columns barely exchange mass the system is nearly singular, and its solution
+        # is a huge step along which the quadratic model means nothing)
+        reach = direction.abs().amax(-1) / (_REACH * eps)
+        size, full = torch.where(reach > 1, 1.0 / reach, 1.0), None
         for _ in range(_HALVINGS):  # backtrack until the semi-dual does not decrease
             trial = f + size.unsqueeze(-1) * direction
             reached = _semi_dual(a, b, trial, _column_update(cost, log_a, trial, eps))
@@ -125,9 +147,11 @@ def newton_polish(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch
         else:
             # no ascent found: near the solution, where the full step changes the semi-dual
             # by little more than its rounding, take it if it lowers the error; else stay
+            first = torch.where(reach > 1, 1.0 / reach, 1.0)
             near = full >= value - _NEAR * rounding
-            lower = near & (_evaluate(cost, a, b, log_a, f + direction, eps)[3] < error)
-            size = torch.where(ok, size, torch.where(lower, 1.0, 0.0))
+            lower = near & (_evaluate(cost, a, b, log_a, f + first.unsqueeze(-1) * direction,
+                                      eps)[3] < error)
+            size = torch.where(ok, size, torch.where(lower, first, 0.0))
         moved = active & (size > 0) & (direction.abs().amax(-1) > 0)
         if not bool(moved.any()):
             break
