@@ -2,6 +2,7 @@
 
 import math
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -126,18 +127,43 @@ def test_check_finite_summed_fast_path_is_exact():
 @pytest.mark.parametrize("backend", ["auto", "tensorized", "online"])
 def test_overflowing_iterations_raise_instead_of_returning_nan(backend):
     """eps far below what float32 can divide the cost by: the potentials overflow to NaN.
-    The loop stops there (not at max_iter) and the solve says why, instead of a NaN value."""
+    The loop stops there (not at max_iter) and the solve says why, instead of a NaN value.
+    (A cost matrix on the dense backends; points on the online one, whose message bounds the
+    largest cost from the points' norms.)"""
     gen = torch.Generator().manual_seed(0)
     x, y = 10 * torch.randn(20, 2, generator=gen), 10 * torch.randn(25, 2, generator=gen)
+    problem = PointCloud(x, y) if backend == "online" else torch.cdist(x, y) ** 2
     with pytest.raises(ValueError, match=r"overflowed .* eps=1e-38, float32\): the largest "
                                          r"\|cost\| / eps is (at most )?[0-9.e+]+, beyond the "
                                          r"dtype's range") as info:
-        sinkhorn(PointCloud(x, y), eps=1e-38, max_iter=20_000, backend=backend)
+        sinkhorn(problem, eps=1e-38, max_iter=20_000, backend=backend)
     stopped_at = int(re.search(r"after (\d+) iterations", str(info.value)).group(1))
-    # the online path bounds the largest cost from the points' norms; the others read it
     assert ("at most" in str(info.value)) == (backend == "online")
     assert stopped_at < 1000  # it stopped at its first check with a NaN error
     # the same problem in float64 fits and solves
-    res = sinkhorn(PointCloud(x.double(), y.double()), eps=1e-38, max_iter=20_000,
-                   backend=backend)
+    problem = (PointCloud(x.double(), y.double()) if backend == "online"
+               else torch.cdist(x.double(), y.double()) ** 2)
+    res = sinkhorn(problem, eps=1e-38, max_iter=20_000, backend=backend)
     assert torch.isfinite(res.value)
+
+
+@pytest.mark.parametrize("backend", ["auto", "tensorized"])
+def test_an_eps_the_dtype_cannot_divide_a_point_cloud_by_is_refused_at_once(backend, monkeypatch):
+    """On the CPU a point cloud's cost comes with its bounds: an eps at which max C / eps
+    overflows float32 is refused before any iteration."""
+    from couplings.solvers import _native
+
+    if not _native.available():  # the bounds come with the native cost pass
+        pytest.skip(f"native kernels: {_native.status()}")
+    sk = sys.modules["couplings.solvers.sinkhorn"]
+
+    def no_iterations(*args, **kwargs):
+        raise AssertionError("the solve iterated")
+
+    monkeypatch.setattr(sk, "_iterate", no_iterations)
+    monkeypatch.setattr(sk, "_iterate_kernel", no_iterations)
+    gen = torch.Generator().manual_seed(0)
+    x, y = 10 * torch.randn(20, 2, generator=gen), 10 * torch.randn(25, 2, generator=gen)
+    with pytest.raises(ValueError, match=r"eps=1e-38 is too small for float32 at this cost: the "
+                                         r"largest \|cost\| / eps is [0-9.e+]+, beyond"):
+        sinkhorn(PointCloud(x, y), eps=1e-38, backend=backend)

@@ -1420,6 +1420,21 @@ def _largest_sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.norm(dim=-1).amax() + y.norm(dim=-1).amax()) ** 2
 
 
+def _check_scaled_cost(largest: torch.Tensor, eps: float, dtype: torch.dtype):
+    """A ``ValueError`` before any iteration where ``max |C| / eps`` (``largest`` is
+    ``max |C|``) exceeds the dtype's range: every update divides the cost by eps, so the
+    iterations could only overflow (:func:`_check_no_overflow` catches the other cases
+    after the fact)."""
+    ratio, limit = float(largest) / eps, torch.finfo(dtype).max
+    if ratio >= limit:
+        raise ValueError(
+            f"eps={eps:g} is too small for {str(dtype).removeprefix('torch.')} at this cost: "
+            f"the largest |cost| / eps is {ratio:.3g}, beyond the dtype's range ({limit:.3g}). "
+            "Expected an eps at which the cost / eps stays well inside the dtype's range: "
+            "increase eps or pass float64 inputs."
+        )
+
+
 def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, largest_cost,
                        bound: bool = False):
     """A ``ValueError`` where some problem's marginal error is NaN: its potentials overflowed
@@ -1717,6 +1732,8 @@ def sinkhorn(
         )
 
     c, scratch, bounds = _dense_cost(geom, grad)  # (B, n, m)
+    if bounds is not None:  # (max C, min C) came with the cost: refuse an impossible eps now
+        _check_scaled_cost(torch.maximum(bounds[0].abs(), bounds[1].abs()).max(), eps, c.dtype)
     a = batch_weights(a, n, bsz, geom.batched, c, "a", "the rows (n) of the cost")
     b = batch_weights(b, m, bsz, geom.batched, c, "b", "the columns (m) of the cost")
     if balanced:
