@@ -1665,7 +1665,11 @@ def sinkhorn(
 
     Raises:
         TypeError, ValueError: for inputs of the wrong type, shape, dtype or device, a
-            non-finite cost, negative or non-finite weights, unequal masses, or ``eps <= 0``.
+            non-finite cost, negative or non-finite weights, unequal masses, or ``eps <= 0``;
+            ``newton=True`` where it does not apply.
+        ValueError: where the iterations overflowed (a NaN marginal error: ``eps`` too small
+            for the dtype at this cost; a point cloud on the CPU is refused before any
+            iteration when ``max |C| / eps`` exceeds the dtype's range).
 
     Example:
         >>> import torch
