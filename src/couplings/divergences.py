@@ -63,6 +63,7 @@ def sinkhorn_divergence(
     rho: float | None = None,
     reach: float | None = None,
     backend: str = "auto",
+    newton: bool = False,
 ) -> torch.Tensor:
     r"""Debiased Sinkhorn divergence between two weighted point clouds.
 
@@ -86,6 +87,12 @@ def sinkhorn_divergence(
             ``rho = reach`` for ``"euclidean"``. Give at most one of ``rho`` and ``reach``.
         backend: how the three solves evaluate their updates (see :func:`couplings.sinkhorn`);
             ``"online"`` never forms an ``n x m`` matrix (balanced, ``grad="envelope"``).
+        newton: finish the transport solve between ``x`` and ``y`` with Newton steps where its
+            iterations left it above ``tol`` (see :func:`couplings.sinkhorn`; balanced, a dense
+            backend). The two self-transport solves are symmetric and converge in tens of
+            iterations at eps as small as 0.001 x the mean cost (measured on the benchmark's
+            point clouds in float64 to tol 1e-8: 12-46 iterations), where the cross solve can
+            crawl for thousands.
 
     Returns:
         The divergence, ``(B,)`` or a scalar.
@@ -106,7 +113,7 @@ def sinkhorn_divergence(
     opts = dict(eps=eps, tol=tol, max_iter=max_iter, scaling=scaling, grad=grad, rho=rho,
                 backend=backend)
     xy = PointCloud(x, y, cost)
-    res = sinkhorn(xy, a, b, **opts)
+    res = sinkhorn(xy, a, b, newton=newton, **opts)
     value = res.value
     if not debias:
         return value
