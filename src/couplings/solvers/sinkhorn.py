@@ -1420,19 +1420,29 @@ def _largest_sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.norm(dim=-1).amax() + y.norm(dim=-1).amax()) ** 2
 
 
+def _scaled_cost(largest: float, eps: float, dtype: torch.dtype, bound: bool = False):
+    """Whether ``max |C| / eps`` (``largest`` is ``max |C|``, or an upper bound of it with
+    ``bound``) reaches the dtype's range, and the sentence of both overflow errors that says
+    so and what to do."""
+    ratio, limit = largest / eps, torch.finfo(dtype).max
+    beyond = ratio >= limit
+    return beyond, (
+        f"the largest |cost| / eps is {'at most ' if bound else ''}{ratio:.3g}"
+        + (f", beyond the dtype's range ({limit:.3g})" if beyond else "")
+        + ". Expected an eps at which the cost / eps stays well inside the dtype's range: "
+        "increase eps or pass float64 inputs."
+    )
+
+
 def _check_scaled_cost(largest: torch.Tensor, eps: float, dtype: torch.dtype):
     """A ``ValueError`` before any iteration where ``max |C| / eps`` (``largest`` is
     ``max |C|``) exceeds the dtype's range: every update divides the cost by eps, so the
     iterations could only overflow (:func:`_check_no_overflow` catches the other cases
     after the fact)."""
-    ratio, limit = float(largest) / eps, torch.finfo(dtype).max
-    if ratio >= limit:
-        raise ValueError(
-            f"eps={eps:g} is too small for {str(dtype).removeprefix('torch.')} at this cost: "
-            f"the largest |cost| / eps is {ratio:.3g}, beyond the dtype's range ({limit:.3g}). "
-            "Expected an eps at which the cost / eps stays well inside the dtype's range: "
-            "increase eps or pass float64 inputs."
-        )
+    beyond, says = _scaled_cost(float(largest), eps, dtype)
+    if beyond:
+        raise ValueError(f"eps={eps:g} is too small for {str(dtype).removeprefix('torch.')} "
+                         f"at this cost: {says}")
 
 
 def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, largest_cost,
@@ -1444,16 +1454,11 @@ def _check_no_overflow(error, eps: float, n_iter: int, dtype: torch.dtype, large
     bad = torch.isnan(error)
     if not bool(bad.any()):
         return
-    ratio = float(largest_cost()) / eps
-    limit = torch.finfo(dtype).max
+    _, says = _scaled_cost(float(largest_cost()), eps, dtype, bound)
     raise ValueError(
         f"sinkhorn's iterations overflowed for {int(bad.sum())} of {error.numel()} problem(s) "
         f"(marginal error NaN after {n_iter} iterations, eps={eps:g}, "
-        f"{str(dtype).removeprefix('torch.')}): the largest |cost| / eps is "
-        f"{'at most ' if bound else ''}{ratio:.3g}"
-        + (f", beyond the dtype's range ({limit:.3g})" if ratio >= limit else "")
-        + ". Expected an eps at which the cost / eps stays well inside the dtype's range: "
-        "increase eps or pass float64 inputs."
+        f"{str(dtype).removeprefix('torch.')}): {says}"
     )
 
 
