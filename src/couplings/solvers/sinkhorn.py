@@ -1374,23 +1374,27 @@ def _sinkhorn_online(geom: PointCloud, a, b, *, eps, tol, max_iter, min_iter, sc
     )
 
 
-def _check_newton(newton, *, balanced, symmetric, grad, backend, side):
-    """``newton=True`` needs a balanced, non-symmetric problem on a dense backend, without
-    ``grad="unroll"`` (the steps are not recorded), and a smaller side of at most
-    :data:`._newton.MAX_SIDE`."""
+def _newton_obstacle(*, balanced, symmetric, grad, backend, side) -> str | None:
+    """What keeps ``newton=True`` from applying, as the missing condition, or ``None``: it
+    needs a balanced, non-symmetric problem on a dense backend, without ``grad="unroll"``
+    (the steps are not recorded), and a smaller side of at most :data:`._newton.MAX_SIDE`."""
+    return ("balanced" if not balanced else "not symmetric" if symmetric
+            else "a dense backend (not 'online')" if backend == "online"
+            else "grad other than 'unroll'" if grad == "unroll"
+            else f"min(n, m) <= {_newton.MAX_SIDE}" if side > _newton.MAX_SIDE else None)
+
+
+def _check_newton(newton, **problem):
+    """``newton`` is a bool, and where it is ``True`` nothing keeps it from applying
+    (:func:`_newton_obstacle`, whose keywords ``problem`` are)."""
     if not isinstance(newton, bool):
         raise TypeError(f"newton must be a bool, got {type(newton).__name__}.")
-    if not newton:
-        return
-    why = ("balanced" if not balanced else "not symmetric" if symmetric
-           else "a dense backend (not 'online')" if backend == "online"
-           else "grad other than 'unroll'" if grad == "unroll"
-           else f"min(n, m) <= {_newton.MAX_SIDE}" if side > _newton.MAX_SIDE else None)
+    why = _newton_obstacle(**problem) if newton else None
     if why is not None:
         raise ValueError(f"newton=True needs {why}: its steps solve a dense min(n, m) system "
-                         f"of a balanced problem, got balanced={balanced}, "
-                         f"symmetric={symmetric}, backend={backend!r}, grad={grad!r}, "
-                         f"min(n, m)={side}.")
+                         f"of a balanced problem, got balanced={problem['balanced']}, "
+                         f"symmetric={problem['symmetric']}, backend={problem['backend']!r}, "
+                         f"grad={problem['grad']!r}, min(n, m)={problem['side']}.")
 
 
 def _finish_with_newton(c, a, b, f, g, eps, tol, error, converged, floor):
@@ -1794,8 +1798,9 @@ def sinkhorn(
                                  positive=_all_positive(a, b))
     _warn_not_converged(converged, error, resolution, tol, n_iter, eps, bsz,
                            fixed_depth=min_iter >= max_iter, stacklevel=2,
-                           newton_hint=(not newton and balanced and not symmetric
-                                        and grad != "unroll" and min(n, m) <= _newton.MAX_SIDE))
+                           newton_hint=not newton and _newton_obstacle(
+                               balanced=balanced, symmetric=symmetric, grad=grad,
+                               backend=backend, side=min(n, m)) is None)
 
     if not balanced:
         if grad == "implicit":
