@@ -135,7 +135,8 @@ def newton_polish(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch
         # and columns barely exchange mass the system is nearly singular, and its solution
         # is a huge step along which the quadratic model means nothing)
         reach = direction.abs().amax(-1) / (_REACH * eps)
-        size, full = torch.where(reach > 1, 1.0 / reach, 1.0), None
+        first = torch.where(reach > 1, 1.0 / reach, 1.0)  # the step the search starts from
+        size, full = first, None
         for _ in range(_HALVINGS):  # backtrack until the semi-dual does not decrease
             trial = f + size.unsqueeze(-1) * direction
             reached = _semi_dual(a, b, trial, _column_update(cost, log_a, trial, eps))
@@ -147,7 +148,6 @@ def newton_polish(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch
         else:
             # no ascent found: near the solution, where the full step changes the semi-dual
             # by little more than its rounding, take it if it lowers the error; else stay
-            first = torch.where(reach > 1, 1.0 / reach, 1.0)
             near = full >= value - _NEAR * rounding
             lower = near & (_evaluate(cost, a, b, log_a, f + first.unsqueeze(-1) * direction,
                                       eps)[3] < error)
